@@ -1,0 +1,219 @@
+"""``HeadRank``: the PyTerrier reranker, and a framework-free ``rank(query, passages)`` beside it."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from .attention import AttentionReader, model_shape
+from .heads import HeadLike, HeadSet
+from .models import load_model, pick_device, pick_dtype
+from .prompt import ListwisePrompt, Window
+from .windows import merge_window_scores, plan_windows
+
+HELP_URL = "https://arxiv.org/abs/2604.17237"
+MANY_CANDIDATES = 100
+
+
+@dataclass
+class _Job:
+    """One window of one candidate list, waiting to be scored."""
+
+    list_index: int
+    window_index: int
+    window: Window
+
+
+class HeadRank(pt.Transformer):
+    """Rerank candidates by the attention that the query pays to each passage in a few heads of a decoder LLM.
+
+    All candidates of a query go into one listwise prompt (passages first, query last); one forward pass, stopped
+    after the deepest selected layer, yields every candidate's score. Without ``heads``, a zero-shot head set is used
+    (all heads of the middle layers, :meth:`HeadSet.middle_layers`).
+
+    Args:
+        model: an alias (``smollm2-135m``, ``qwen3-0.6b``, ``qwen3-1.7b``, ``qwen3-4b``), a hub id, a folder, a
+            ``.gguf`` file, or a loaded ``transformers`` causal LM (then also pass ``tokenizer``).
+        heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` for the zero-shot default.
+        calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
+        text_field: the column holding passage text.
+        batch_size: windows per forward pass (windows of different queries are batched together).
+        max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens.
+        max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
+        max_window_passages: at most this many passages per window.
+        n_anchors: passages shared by all windows of a list, to put their scores on one scale.
+        device: ``None`` for CUDA when present, else CPU. dtype: ``"auto"`` for bf16 on GPU, float32 on CPU.
+        verbose: show a progress bar.
+    """
+
+    def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
+                 text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
+                 max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
+                 n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
+        self.model = model
+        self.heads = HeadSet.coerce(heads)
+        self.tokenizer = tokenizer
+        self.calibrate = calibrate
+        self.text_field = text_field
+        self.batch_size = int(batch_size)
+        self.max_passage_tokens = int(max_passage_tokens)
+        self.max_query_tokens = int(max_query_tokens)
+        self.max_window_tokens = int(max_window_tokens)
+        self.max_window_passages = int(max_window_passages)
+        self.n_anchors = int(n_anchors)
+        self.device = device
+        self.dtype = dtype
+        self.verbose = verbose
+        if isinstance(model, str):
+            pick_dtype(dtype, pick_device(device))  # fail now, not at first use, on a bad dtype or device
+        elif tokenizer is None:
+            raise ValueError("HeadRank: a loaded model needs its tokenizer: HeadRank(model, tokenizer=tok)")
+        if self.batch_size < 1 or self.max_passage_tokens < 1 or self.max_query_tokens < 1:
+            raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
+        if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
+            raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
+        self._loaded = None
+
+    # ---- lazy model ---------------------------------------------------------------------------------------------
+    @property
+    def model_name(self) -> str:
+        return self.model if isinstance(self.model, str) else type(self.model).__name__
+
+    def _load(self):
+        """(reader, prompt, heads) built on first use."""
+        if self._loaded is None:
+            if isinstance(self.model, str):
+                model, tokenizer = load_model(self.model, self.device, self.dtype)
+            else:
+                model, tokenizer = self.model, self.tokenizer
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+            reader = AttentionReader(model, pad_token_id=pad)
+            prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
+            num_layers, num_heads = model_shape(model)
+            heads = self.heads or HeadSet.middle_layers(num_layers, num_heads)
+            heads.check_fits(num_layers, num_heads)
+            smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
+                (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
+            if self.max_window_tokens < smallest:
+                raise ValueError(f"HeadRank: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
+                                 f"{self.n_anchors} anchors and one passage; use at least {smallest}")
+            self._loaded = (reader, prompt, heads)
+        return self._loaded
+
+    @property
+    def head_set(self) -> HeadSet:
+        """The heads in use (the zero-shot default once the model is known)."""
+        return self._load()[2]
+
+    # ---- scoring ------------------------------------------------------------------------------------------------
+    def _windows_for(self, prompt: ListwisePrompt, query: str, passages: Sequence[str]) -> List[Window]:
+        part = prompt.query_part(query)
+        texts, counts = prompt.truncate_passages(passages)
+        budget = self.max_window_tokens - prompt.overhead_tokens(part)
+        plan = plan_windows([c + prompt.PER_PASSAGE_TOKENS for c in counts], budget, self.max_window_passages,
+                            self.n_anchors)
+        return plan, [prompt.window([texts[i] for i in idx], part) for idx in plan]
+
+    def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "HeadRank") -> List[np.ndarray]:
+        """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
+        reader, prompt, heads = self._load()
+        plans, jobs = [], []
+        for i, (query, passages) in enumerate(lists):
+            if not passages:
+                plans.append([])
+                continue
+            plan, windows = self._windows_for(prompt, query, passages)
+            plans.append(plan)
+            jobs += [_Job(i, w, window) for w, window in enumerate(windows)]
+        jobs.sort(key=lambda job: len(job.window))  # similar lengths together: less padding
+        window_scores: Dict[Tuple[int, int], np.ndarray] = {}
+        weights = torch.tensor(heads.weights)
+        with torch.inference_mode(), pt.tqdm(total=len(jobs), desc=desc, unit="window",
+                                             disable=not self.verbose) as bar:
+            for start in range(0, len(jobs), self.batch_size):
+                batch = jobs[start:start + self.batch_size]
+                readout = reader.read([job.window for job in batch], heads, calibrate=self.calibrate)
+                scores = readout.scores(weights, calibrate=self.calibrate).float().cpu().numpy()
+                for job, row in zip(batch, scores):
+                    window_scores[job.list_index, job.window_index] = row[: job.window.num_passages]
+                bar.update(len(batch))
+        return [
+            merge_window_scores(plan, [window_scores[i, w] for w in range(len(plan))], len(passages), self.n_anchors)
+            if passages else np.zeros(0)
+            for i, (plan, (_, passages)) in enumerate(zip(plans, lists))
+        ]
+
+    def rank(self, query: str, passages: Sequence[str], top_k: Optional[int] = None,
+             return_documents: bool = False) -> List[dict]:
+        """Rank ``passages`` for ``query`` without PyTerrier: ``[{"corpus_id", "score"(, "text")}]``, best first.
+
+        ``passages`` should be in first-stage order (it decides the windows and the anchors of long lists).
+        """
+        query = _clean_query(query, "the query")
+        texts = [_clean_text(p) for p in passages]
+        (scores,) = self.score_lists([(query, texts)])
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
+                for i in order]
+
+    # ---- PyTerrier ----------------------------------------------------------------------------------------------
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
+        out = inp.copy()
+        if len(out) == 0:
+            out["score"] = pd.Series(dtype="float64")
+            out["rank"] = pd.Series(dtype="int64")
+            return out
+        out = out.reset_index(drop=True)
+        if "rank" in out.columns:
+            out = out.sort_values(["qid", "rank"], kind="stable")
+        elif "score" in out.columns:
+            out = out.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+        groups = list(out.groupby("qid", sort=False))
+        lists = []
+        for qid, group in groups:
+            queries = group["query"].unique()
+            if len(queries) != 1:
+                raise ValueError(f"HeadRank: qid {qid!r} has {len(queries)} different query texts")
+            if len(group) > MANY_CANDIDATES:
+                warnings.warn(f"HeadRank: qid {qid!r} has {len(group)} candidates; reranking more than "
+                              f"{MANY_CANDIDATES} costs more windows and rarely helps. Cut the first stage, "
+                              f"e.g. `bm25 % 50 >> HeadRank(...)`.", stacklevel=2)
+            if group["docno"].duplicated().any():
+                warnings.warn(f"HeadRank: qid {qid!r} has duplicate docnos; each row is scored on its own.",
+                              stacklevel=2)
+            lists.append((_clean_query(queries[0], f"qid {qid!r}"), [_clean_text(t) for t in group[self.text_field]]))
+        scores = self.score_lists(lists)
+        labels = np.concatenate([group.index.to_numpy() for _, group in groups])
+        out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
+        out = pt.model.add_ranks(out)
+        return out.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+
+    def transform_inputs(self):
+        return [["qid", "query", "docno", self.text_field]]
+
+    def schematic(self, *, input_columns=None):
+        return {"label": "HeadRank", "help_url": HELP_URL}
+
+    def __repr__(self) -> str:
+        heads = f"{len(self.heads)} heads" if self.heads is not None else "zero-shot heads"
+        return f"HeadRank({self.model_name!r}, {heads})"
+
+
+def _clean_text(text) -> str:
+    """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking)."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    return str(text)
+
+
+def _clean_query(query, what: str) -> str:
+    text = _clean_text(query).strip()
+    if not text:
+        raise ValueError(f"HeadRank: the query of {what} is empty; HeadRank needs query text to read attention")
+    return text

@@ -1,0 +1,68 @@
+"""Shared fixtures: where ../shared is, tiny random decoders with real tokenizers, and the real SmolLM2."""
+import json
+import os
+import pathlib
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("HEADRANK_SHARED", ROOT.parent / "shared"))
+QWEN3_TOKENIZER = SHARED / "models" / "qwen3-tokenizer"
+
+# nothing in the tests may download or write to the home folder
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def need(path: pathlib.Path):
+    if not path.exists():
+        pytest.skip(f"{path} is not available (set HEADRANK_SHARED to the shared folder)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_ir_datasets(tmp_path_factory):
+    os.environ.setdefault("IR_DATASETS_HOME", str(tmp_path_factory.mktemp("ir_datasets")))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(need(QWEN3_TOKENIZER))
+
+
+def tiny_decoder(kind: str, seed: int = 0):
+    """A small random decoder of a stock architecture (float32, SDPA)."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
+    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, vocab_size=151936, max_position_embeddings=40960)
+    if kind == "qwen3":
+        config = json.loads((need(QWEN3_TOKENIZER) / "config.json").read_text())
+        config.update(common)
+        config = Qwen3Config(**config)
+    elif kind == "qwen2":
+        config = Qwen2Config(**common)
+    elif kind == "llama":
+        config = LlamaConfig(**common)
+    elif kind == "gemma3":  # sliding-window layers with a short window, so that it matters
+        config = Gemma3TextConfig(**common, sliding_window=48, query_pre_attn_scalar=16)
+    else:
+        raise ValueError(kind)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(qwen3_tokenizer):
+    return tiny_decoder("qwen3"), qwen3_tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    pytest.importorskip("gguf")
+    from pyterrier_headrank.models import load_model
+    try:
+        return load_model("smollm2-135m", device="cpu")
+    except ImportError as err:
+        pytest.skip(str(err))

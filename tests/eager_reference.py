@@ -1,0 +1,29 @@
+"""Reference scores from eager attention with ``output_attentions``: the slow, obvious computation."""
+import torch
+
+from pyterrier_headrank.prompt import Window
+
+
+def eager_scores(model, window: Window, heads, calibrate: bool) -> torch.Tensor:
+    """Per-head passage mass ``[heads, passages]`` from the full ``L x L`` eager attention of one window."""
+    def mass(part):
+        ids = torch.tensor([window.prefix_ids + part.ids])
+        previous = model.config._attn_implementation
+        model.config._attn_implementation = "eager"
+        try:
+            with torch.no_grad():
+                out = model(input_ids=ids, output_attentions=True)
+        finally:
+            model.config._attn_implementation = previous
+        start = len(window.prefix_ids) + part.span[0]
+        end = len(window.prefix_ids) + part.span[1]
+        rows = []
+        for layer, head in heads.heads:
+            attention = out.attentions[layer][0, head, start:end].double().mean(0)  # mean over query tokens
+            rows.append(torch.stack([attention[a:b].sum() for a, b in window.passage_spans]))
+        return torch.stack(rows)
+
+    result = mass(window.query)
+    if calibrate:
+        result = result - mass(window.calibration)
+    return result
