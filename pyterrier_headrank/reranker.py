@@ -95,7 +95,7 @@ class HeadRank(pt.Transformer):
             reader = AttentionReader(model, pad_token_id=pad)
             prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
             num_layers, num_heads = model_shape(model)
-            heads = self.heads or HeadSet.middle_layers(num_layers, num_heads)
+            heads = self.heads or self._default_heads(num_layers, num_heads)
             heads.check_fits(num_layers, num_heads)
             smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
                 (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
@@ -104,6 +104,10 @@ class HeadRank(pt.Transformer):
                                  f"{self.n_anchors} anchors and one passage; use at least {smallest}")
             self._loaded = (reader, prompt, heads)
         return self._loaded
+
+    def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
+        """The heads used when none are given (subclasses such as ICR change this)."""
+        return HeadSet.middle_layers(num_layers, num_heads)
 
     @property
     def head_set(self) -> HeadSet:
@@ -137,8 +141,7 @@ class HeadRank(pt.Transformer):
                                              disable=not self.verbose) as bar:
             for start in range(0, len(jobs), self.batch_size):
                 batch = jobs[start:start + self.batch_size]
-                readout = reader.read([job.window for job in batch], heads, calibrate=self.calibrate)
-                scores = readout.scores(weights, calibrate=self.calibrate).float().cpu().numpy()
+                scores = self._score_windows(reader, [job.window for job in batch], heads, weights)
                 for job, row in zip(batch, scores):
                     window_scores[job.list_index, job.window_index] = row[: job.window.num_passages]
                 bar.update(len(batch))
@@ -147,6 +150,12 @@ class HeadRank(pt.Transformer):
             if passages else np.zeros(0)
             for i, (plan, (_, passages)) in enumerate(zip(plans, lists))
         ]
+
+    def _score_windows(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
+                       weights: torch.Tensor) -> np.ndarray:
+        """Scores ``[windows, passages]`` of one batch of windows (subclasses such as ICR change this)."""
+        readout = reader.read(windows, heads, calibrate=self.calibrate)
+        return readout.scores(weights, calibrate=self.calibrate).float().cpu().numpy()
 
     def rank(self, query: str, passages: Sequence[str], top_k: Optional[int] = None,
              return_documents: bool = False) -> List[dict]:
@@ -163,36 +172,7 @@ class HeadRank(pt.Transformer):
 
     # ---- PyTerrier ----------------------------------------------------------------------------------------------
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        pt.validate.result_frame(inp, extra_columns=["query", self.text_field])
-        out = inp.copy()
-        if len(out) == 0:
-            out["score"] = pd.Series(dtype="float64")
-            out["rank"] = pd.Series(dtype="int64")
-            return out
-        out = out.reset_index(drop=True)
-        if "rank" in out.columns:
-            out = out.sort_values(["qid", "rank"], kind="stable")
-        elif "score" in out.columns:
-            out = out.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
-        groups = list(out.groupby("qid", sort=False))
-        lists = []
-        for qid, group in groups:
-            queries = group["query"].unique()
-            if len(queries) != 1:
-                raise ValueError(f"HeadRank: qid {qid!r} has {len(queries)} different query texts")
-            if len(group) > MANY_CANDIDATES:
-                warnings.warn(f"HeadRank: qid {qid!r} has {len(group)} candidates; reranking more than "
-                              f"{MANY_CANDIDATES} costs more windows and rarely helps. Cut the first stage, "
-                              f"e.g. `bm25 % 50 >> HeadRank(...)`.", stacklevel=2)
-            if group["docno"].duplicated().any():
-                warnings.warn(f"HeadRank: qid {qid!r} has duplicate docnos; each row is scored on its own.",
-                              stacklevel=2)
-            lists.append((_clean_query(queries[0], f"qid {qid!r}"), [_clean_text(t) for t in group[self.text_field]]))
-        scores = self.score_lists(lists)
-        labels = np.concatenate([group.index.to_numpy() for _, group in groups])
-        out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
-        out = pt.model.add_ranks(out)
-        return out.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+        return rerank_frame(self, inp)
 
     def transform_inputs(self):
         return [["qid", "query", "docno", self.text_field]]
@@ -212,8 +192,48 @@ def _clean_text(text) -> str:
     return str(text)
 
 
-def _clean_query(query, what: str) -> str:
+def _clean_query(query, what: str, name: str = "HeadRank") -> str:
     text = _clean_text(query).strip()
     if not text:
-        raise ValueError(f"HeadRank: the query of {what} is empty; HeadRank needs query text to read attention")
+        raise ValueError(f"{name}: the query of {what} is empty; {name} needs query text to rerank")
     return text
+
+
+def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
+    """The PyTerrier side of a listwise reranker, shared by HeadRank and the baselines (ICR, RankGPT).
+
+    Validates ``inp``, groups it by ``qid`` in first-stage order (``rank``, else descending ``score``), calls
+    ``reranker.score_lists([(query, passages), ...])`` and returns every input column with new ``score`` and
+    ``rank``. Errors and warnings name the reranker's class.
+    """
+    name = type(reranker).__name__
+    pt.validate.result_frame(inp, extra_columns=["query", reranker.text_field], context=reranker)
+    out = inp.copy()
+    if len(out) == 0:
+        out["score"] = pd.Series(dtype="float64")
+        out["rank"] = pd.Series(dtype="int64")
+        return out
+    out = out.reset_index(drop=True)
+    if "rank" in out.columns:
+        out = out.sort_values(["qid", "rank"], kind="stable")
+    elif "score" in out.columns:
+        out = out.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    groups = list(out.groupby("qid", sort=False))
+    lists = []
+    for qid, group in groups:
+        queries = group["query"].unique()
+        if len(queries) != 1:
+            raise ValueError(f"{name}: qid {qid!r} has {len(queries)} different query texts")
+        if len(group) > MANY_CANDIDATES:
+            warnings.warn(f"{name}: qid {qid!r} has {len(group)} candidates; reranking more than "
+                          f"{MANY_CANDIDATES} costs more windows and rarely helps. Cut the first stage, "
+                          f"e.g. `bm25 % 50 >> {name}(...)`.", stacklevel=2)
+        if group["docno"].duplicated().any():
+            warnings.warn(f"{name}: qid {qid!r} has duplicate docnos; each row is scored on its own.",
+                          stacklevel=2)
+        lists.append((_clean_query(queries[0], f"qid {qid!r}", name), [_clean_text(t) for t in group[reranker.text_field]]))
+    scores = reranker.score_lists(lists)
+    labels = np.concatenate([group.index.to_numpy() for _, group in groups])
+    out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
+    out = pt.model.add_ranks(out)
+    return out.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
