@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import tempfile
 
 import pytest
 import torch
@@ -10,20 +11,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("HEADRANK_SHARED", ROOT.parent / "shared"))
 QWEN3_TOKENIZER = SHARED / "models" / "qwen3-tokenizer"
 
-# nothing in the tests may download or write to the home folder
+# nothing in the tests may download or write to the home folder; set before anything imports ir_datasets
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_SCRATCH = pathlib.Path(tempfile.mkdtemp(prefix="headrank-tests-"))
+os.environ.setdefault("IR_DATASETS_HOME", str(_SCRATCH / "ir_datasets"))
+os.environ.setdefault("HEADRANK_CACHE", str(_SCRATCH / "cache"))
 
 
 def need(path: pathlib.Path):
     if not path.exists():
         pytest.skip(f"{path} is not available (set HEADRANK_SHARED to the shared folder)")
     return path
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _offline_ir_datasets(tmp_path_factory):
-    os.environ.setdefault("IR_DATASETS_HOME", str(tmp_path_factory.mktemp("ir_datasets")))
 
 
 @pytest.fixture(scope="session")
