@@ -29,7 +29,7 @@ class _Job:
     window: Window
 
 
-class HeadRank(pt.Transformer):
+class HeadRank(pt.Estimator):
     """Rerank candidates by the attention that the query pays to each passage in a few heads of a decoder LLM.
 
     All candidates of a query go into one listwise prompt (passages first, query last); one forward pass, stopped
@@ -91,6 +91,7 @@ class HeadRank(pt.Transformer):
                 model, tokenizer = load_model(self.model, self.device, self.dtype)
             else:
                 model, tokenizer = self.model, self.tokenizer
+            model = self._adapted(model)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
             reader = AttentionReader(model, pad_token_id=pad)
             prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
@@ -169,6 +170,47 @@ class HeadRank(pt.Transformer):
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
+
+    # ---- fitting, saving, loading (see fitting.py and artifact.py) ----------------------------------------------
+    def fit(self, train_topics_or_results, train_qrels, valid_topics_or_results=None, valid_qrels=None,
+            **settings) -> "HeadRank":
+        """Select heads from ``train_qrels`` and align them to relevance (PyTerrier's Estimator signature).
+
+        Takes result frames with text (qid, query, docno, text); inside a pipeline
+        (``(bm25 % 20 >> text_loader >> HeadRank()).fit(topics, qrels)``) PyTerrier runs the earlier stages first.
+        ``settings`` override ``self.fit_settings`` (a :class:`pyterrier_headrank.fitting.FitSettings`; its defaults
+        when unset): ``k``, ``lam``, ``align``, ``epochs``, ``lr``, ``rank``, ``beta``, ``gamma``, ``eta``, ``seed``...
+        Graded and binary qrels both work. Returns ``self``; ``fit_summary_`` says what was done.
+        """
+        from .fitting import fit
+        return fit(self, train_topics_or_results, train_qrels, valid_topics_or_results, valid_qrels, **settings)
+
+    def _adapted(self, model):
+        """``model`` with this reranker's fitted LoRA adapters applied (a shallow copy), or ``model`` itself."""
+        adapter = getattr(self, "adapter_", None)
+        return adapter.apply(model) if adapter is not None else model
+
+    def save(self, path) -> str:
+        """Write this reranker (settings, heads, adapter weights, training summary) to the folder ``path``."""
+        from .artifact import save
+        return save(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, **overrides) -> "HeadRank":
+        """Load a reranker saved with :meth:`save` from a folder, or from a Hugging Face hub id (``org/name``)."""
+        from .artifact import load
+        return load(path_or_hub_id, **overrides)
+
+    def to_hf(self, repo: str, **kwargs) -> None:
+        """Upload this reranker's saved folder to the Hugging Face hub (as a PyTerrier artifact)."""
+        from .artifact import to_hf
+        to_hf(self, repo, **kwargs)
+
+    @classmethod
+    def from_hf(cls, repo: str, **overrides) -> "HeadRank":
+        """Download a reranker uploaded with :meth:`to_hf` (``org/name``, optionally ``@branch``)."""
+        from .artifact import from_hf
+        return from_hf(repo, **overrides)
 
     # ---- PyTerrier ----------------------------------------------------------------------------------------------
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:

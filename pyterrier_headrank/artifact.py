@@ -1,0 +1,288 @@
+"""Saving, loading and sharing fitted HeadRank rerankers: one folder, no pickle.
+
+A folder holds:
+
+* ``headrank.json``: format version, the model name and shape, the constructor settings, the head set, the adapter
+  configuration and the SHA-256 of the adapter weights;
+* ``adapter.safetensors``: the LoRA weights (only when the reranker was aligned);
+* ``training.json``: what fit did (data sizes, settings, selected heads, per-head profile, training curve, timings);
+* ``pt_meta.json``: PyTerrier's artifact metadata (type ``reranker``, format ``headrank``), so that
+  ``pt.Artifact.load(path)`` finds :class:`HeadRankArtifact` through the ``pyterrier.artifact`` entry point.
+
+``HeadRank.to_hf`` / ``HeadRank.from_hf`` move the same folder through the Hugging Face hub as a PyTerrier artifact
+package; ``HeadRank.from_pretrained`` accepts a folder or a hub id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import tempfile
+from typing import Optional
+
+import numpy as np
+import pyterrier as pt
+import torch
+
+from .alignment import Adapter, AdapterConfig
+from .attention import model_shape
+from .heads import HeadSet
+from .selection import HeadProfile
+
+FORMAT_VERSION = 1
+ARTIFACT_TYPE = "reranker"
+ARTIFACT_FORMAT = "headrank"
+SETTINGS_FILE = "headrank.json"
+ADAPTER_FILE = "adapter.safetensors"
+SUMMARY_FILE = "training.json"
+META_FILE = "pt_meta.json"
+#: Constructor arguments of HeadRank that a folder records (the model and heads are stored on their own).
+SETTINGS = ("calibrate", "text_field", "batch_size", "max_passage_tokens", "max_query_tokens", "max_window_tokens",
+            "max_window_passages", "n_anchors")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def fingerprint(model) -> dict:
+    """What a folder's heads and adapters depend on: the model's shape."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers, heads = model_shape(model)
+    return {"layers": int(layers), "heads": int(heads), "hidden_size": int(config.hidden_size),
+            "kv_heads": int(getattr(config, "num_key_value_heads", heads) or heads),
+            "model_type": str(getattr(config, "model_type", type(model).__name__))}
+
+
+class FittedState(Adapter):
+    """An :class:`Adapter` (possibly without LoRA weights) that first checks the model is the one it was fitted on."""
+
+    def __init__(self, config: Optional[AdapterConfig], state: Optional[dict], expected: dict, source: str):
+        super().__init__(config, state)
+        self.expected = expected
+        self.source = source
+
+    def apply(self, base):
+        found = fingerprint(base)
+        if found != self.expected:
+            raise ValueError(f"HeadRank: {self.source} was fitted on a model of shape {self.expected}, but the model "
+                             f"given has shape {found}; load it with the model it was fitted on")
+        if self.config is None:
+            return base
+        return super().apply(base)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_default, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(reranker, path) -> str:
+    """Write ``reranker`` to the folder ``path`` (created if needed; HeadRank's own files are overwritten)."""
+    from safetensors.torch import save_file
+
+    folder = pathlib.Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"HeadRank: cannot save to '{folder}': it is a file")
+    if (folder / META_FILE).exists():
+        meta = _read_json(folder / META_FILE, folder)
+        if (meta.get("type"), meta.get("format")) != (ARTIFACT_TYPE, ARTIFACT_FORMAT):
+            raise ValueError(f"HeadRank: '{folder}' holds a {meta.get('type')}.{meta.get('format')} artifact; "
+                             f"save the reranker to another folder")
+    reader, _, heads = reranker._load()
+    adapter = getattr(reranker, "adapter_", None)
+    base = reader.model
+    if adapter is not None and adapter._memo is not None:
+        base = adapter._memo[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "format_version": FORMAT_VERSION,
+        "model": reranker.model if isinstance(reranker.model, str) else None,
+        "model_class": type(base).__name__,
+        "model_shape": fingerprint(base),
+        "settings": {name: getattr(reranker, name) for name in SETTINGS},
+        "heads": heads.to_dict(),
+        "adapter": None,
+        "adapter_sha256": None,
+    }
+    adapter_path = folder / ADAPTER_FILE
+    if adapter is not None and adapter.config is not None:
+        tmp = folder / (ADAPTER_FILE + ".tmp")
+        save_file({k: v.detach().cpu().float().contiguous() for k, v in adapter.state.items()}, str(tmp),
+                  metadata={"format": "pt", "producer": "pyterrier-headrank"})
+        os.replace(tmp, adapter_path)
+        data["adapter"] = adapter.config.to_dict()
+        data["adapter_sha256"] = _sha256(adapter_path)
+    elif adapter_path.exists():
+        adapter_path.unlink()
+    summary = dict(getattr(reranker, "fit_summary_", None) or {})
+    profile = getattr(reranker, "head_profile_", None)
+    if profile is not None:
+        summary["head_profile"] = profile.to_dict()
+    _write_json(folder / SUMMARY_FILE, summary)
+    _write_json(folder / SETTINGS_FILE, data)
+    _write_json(folder / META_FILE, {"type": ARTIFACT_TYPE, "format": ARTIFACT_FORMAT,
+                                     "package_hint": "pyterrier-headrank"})
+    return str(folder)
+
+
+def _read_json(path: pathlib.Path, folder: pathlib.Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"HeadRank: '{path.name}' in '{folder}' is corrupt ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"HeadRank: '{path.name}' in '{folder}' is corrupt (not a JSON object)")
+    return data
+
+
+def read_folder(path) -> dict:
+    """The validated contents of ``headrank.json`` in ``path``, with clear errors for anything else."""
+    folder = pathlib.Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(f"HeadRank: no folder '{folder}'")
+    if not folder.is_dir():
+        raise ValueError(f"HeadRank: '{folder}' is a file, not a HeadRank folder (made by HeadRank.save)")
+    settings_path = folder / SETTINGS_FILE
+    if not settings_path.exists():
+        meta = {}
+        if (folder / META_FILE).exists():
+            meta = _read_json(folder / META_FILE, folder)
+        if meta.get("type") and (meta.get("type"), meta.get("format")) != (ARTIFACT_TYPE, ARTIFACT_FORMAT):
+            raise ValueError(f"HeadRank: '{folder}' is a {meta.get('type')}.{meta.get('format')} artifact, not a "
+                             f"HeadRank reranker")
+        raise FileNotFoundError(f"HeadRank: '{folder}' has no {SETTINGS_FILE}; it is not a folder made by "
+                                f"HeadRank.save (or the file is missing)")
+    data = _read_json(settings_path, folder)
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"HeadRank: '{folder}' has format version {version!r}; this pyterrier-headrank reads "
+                         f"version {FORMAT_VERSION}")
+    for key in ("model_shape", "settings", "heads"):
+        if not isinstance(data.get(key), dict):
+            raise ValueError(f"HeadRank: {SETTINGS_FILE} in '{folder}' is corrupt (no valid '{key}')")
+    return data
+
+
+def _read_adapter(folder: pathlib.Path, data: dict) -> Optional[dict]:
+    if data.get("adapter") is None:
+        return None
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = folder / ADAPTER_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"HeadRank: '{folder}' names LoRA adapters but {ADAPTER_FILE} is missing")
+    expected = data.get("adapter_sha256")
+    if expected and _sha256(path) != expected:
+        raise ValueError(f"HeadRank: {ADAPTER_FILE} in '{folder}' is corrupt (its SHA-256 differs from the one "
+                         f"recorded in {SETTINGS_FILE})")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"HeadRank: {ADAPTER_FILE} in '{folder}' is corrupt ({err})") from err
+
+
+def load_folder(path, **overrides):
+    """A :class:`HeadRank` from a folder written by :func:`save`; ``overrides`` replace constructor arguments."""
+    from .reranker import HeadRank
+
+    folder = pathlib.Path(path)
+    data = read_folder(folder)
+    model = overrides.pop("model", data.get("model"))
+    if model is None:
+        raise ValueError(f"HeadRank: '{folder}' was fitted on a model given as an object "
+                         f"({data.get('model_class')}); pass it again: HeadRank.from_pretrained(path, model=..., "
+                         f"tokenizer=...)")
+    try:
+        heads = HeadSet.from_dict(data["heads"])
+        config = AdapterConfig.from_dict(data["adapter"]) if data.get("adapter") is not None else None
+    except ValueError as err:
+        raise ValueError(f"HeadRank: {SETTINGS_FILE} in '{folder}' is corrupt ({err})") from err
+    state = _read_adapter(folder, data)
+    settings = {k: v for k, v in data["settings"].items() if k in SETTINGS}
+    settings.update(overrides)
+    reranker = HeadRank(model, heads=heads, **settings)
+    reranker.adapter_ = FittedState(config, state, data["model_shape"], f"'{folder}'")
+    summary = {}
+    if (folder / SUMMARY_FILE).exists():
+        summary = _read_json(folder / SUMMARY_FILE, folder)
+    profile = summary.pop("head_profile", None)
+    reranker.head_profile_ = HeadProfile.from_dict(profile) if profile else None
+    reranker.fit_summary_ = summary or None
+    return reranker
+
+
+def load(path_or_hub_id, **overrides):
+    """A folder (see :func:`save`) or a Hugging Face hub id (``org/name[@branch]``, see :func:`from_hf`)."""
+    text = str(path_or_hub_id)
+    if os.path.exists(text):
+        return load_folder(text, **overrides)
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return from_hf(text, **overrides)
+    raise FileNotFoundError(f"HeadRank: '{text}' is neither a folder nor a Hugging Face hub id ('org/name')")
+
+
+class HeadRankArtifact(pt.Artifact, pt.Transformer):
+    """A HeadRank folder as a PyTerrier artifact; also usable directly as the reranker it holds.
+
+    ``pt.Artifact.load(path)`` returns one of these; :meth:`reranker` gives the :class:`HeadRank`.
+    """
+
+    ARTIFACT_TYPE = ARTIFACT_TYPE
+    ARTIFACT_FORMAT = ARTIFACT_FORMAT
+    ARTIFACT_PACKAGE_HINT = "pyterrier-headrank"
+
+    def __init__(self, path, **overrides):
+        pt.Artifact.__init__(self, path)
+        self._reranker = load_folder(path, **overrides)
+
+    def reranker(self):
+        return self._reranker
+
+    def transform(self, inp):
+        return self._reranker.transform(inp)
+
+    def __repr__(self) -> str:
+        return f"HeadRankArtifact({str(self.path)!r})"
+
+
+def to_hf(reranker, repo: str, **kwargs) -> None:
+    """Save ``reranker`` to a temporary folder and upload it as a PyTerrier artifact package (needs network)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "headrank")
+        save(reranker, folder)
+        HeadRankArtifact(folder).to_hf(repo, **kwargs)
+
+
+def from_hf(repo: str, **overrides):
+    """Download (once, into PyTerrier's artifact cache) and load a reranker uploaded with :func:`to_hf`."""
+    try:
+        artifact = pt.Artifact.from_hf(repo, **overrides)
+    except (OSError, ValueError) as err:
+        raise OSError(f"HeadRank: could not fetch '{repo}' from the Hugging Face hub ({type(err).__name__}: {err}). "
+                      f"Without network, download the artifact elsewhere and pass its folder to "
+                      f"HeadRank.from_pretrained.") from err
+    if not isinstance(artifact, HeadRankArtifact):
+        raise ValueError(f"HeadRank: '{repo}' is a {type(artifact).__name__}, not a HeadRank reranker")
+    return artifact.reranker()

@@ -1,0 +1,397 @@
+"""``HeadRank.fit``: select heads from qrels, then align them to relevance; and fusion with the first stage.
+
+The steps, on the training candidate lists (each query's candidates in first-stage order, first prompt window only):
+
+1. **Selection** (``select=True``): one truncated pass per list reads every head of layers ``0..max_layer``; heads
+   are ranked by nDCG@10 minus ``lam`` x normalised entropy (:mod:`~pyterrier_headrank.selection`); the top ``k`` form
+   the head set. Training-free: with ``align=False`` this is all that fit does.
+2. **Alignment** (``align=True``): the head weights (``learn_weights``) and LoRA adapters on q/k of the ``adapt_layers`` deepest layers holding selected heads,
+   trained on cached hidden states of the frozen layers below (:mod:`~pyterrier_headrank.alignment`). The number of
+   epochs is chosen on the validation lists when given (early stopping, best epoch kept, epoch 0 = no alignment
+   included), else by cross-fitting over ``cv_folds`` folds of the training lists (out-of-fold nDCG@10 per epoch),
+   else fixed. Small training sets overfit fast, so epochs are never chosen on the training lists themselves.
+
+Settings come from :class:`FitSettings` (``reranker.fit_settings``, for pipelines whose ``fit`` passes only the data)
+overridden by keyword arguments of ``fit``. Fits are repeatable for a given ``seed``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import torch
+
+from .alignment import (Adapter, AdapterConfig, AlignSettings, AttentionReplay, adapted_layers, attach_lora,
+                        has_pairs, lora_state, prepare, train_adapters)
+from .selection import MEASURE, profile_heads
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitSettings:
+    """Settings of :meth:`HeadRank.fit` and their defaults.
+
+    Selection: ``select`` (choose heads; False keeps the reranker's heads), ``k`` heads, ``lam`` (entropy penalty),
+    ``max_layer`` (deepest layer considered; None = two thirds of the depth), ``select_queries`` (profile at most
+    this many training lists, drawn with ``seed``; None = all).
+    Alignment: ``align``, ``learn_weights`` (also train the head weights), ``adapt_layers`` (LoRA on the this-many deepest layers holding selected heads; 0 = all of
+    them; each more layer makes a training step cost about one more layer), ``rank``, ``alpha``, ``targets``,
+    ``epochs`` (at most), ``lr``, ``weight_decay``, ``beta`` (pairwise temperature), ``gamma`` (entropy weight of
+    Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
+    model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
+    ``cv_folds`` (cross-fitting folds when no validation data is given; 0 or 1 = train ``epochs`` epochs).
+    """
+
+    select: bool = True
+    k: int = 8
+    lam: float = 0.1
+    max_layer: Optional[int] = None
+    select_queries: Optional[int] = None
+    align: bool = True
+    learn_weights: bool = True
+    adapt_layers: int = 1
+    rank: int = 8
+    alpha: float = 16.0
+    targets: Tuple[str, ...] = ("q_proj", "k_proj")
+    epochs: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta: float = 1.0
+    gamma: float = 0.01
+    eta: float = 0.01
+    reference: bool = False
+    max_pairs: int = 32
+    hard_negatives: int = 3
+    patience: int = 2
+    cv_folds: int = 3
+    seed: int = 0
+    verbose: bool = True
+
+    def replace(self, **overrides) -> "FitSettings":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"HeadRank.fit: unknown setting(s) {unknown}; known: {sorted(names)}")
+        return dataclasses.replace(self, **overrides)
+
+    def align_settings(self) -> AlignSettings:
+        return AlignSettings(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, beta=self.beta,
+                             gamma=self.gamma, eta=self.eta, reference=self.reference, max_pairs=self.max_pairs,
+                             hard_negatives=self.hard_negatives, patience=self.patience, seed=self.seed)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["targets"] = list(self.targets)
+        return data
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# candidate lists from PyTerrier frames
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CandidateList:
+    """One query's candidates in first-stage order, with their grades (0 for unjudged)."""
+
+    qid: str
+    query: str
+    docnos: List[str]
+    texts: List[str]
+    labels: np.ndarray
+    first_stage: np.ndarray
+
+
+NEEDS_CANDIDATES = ("HeadRank.fit needs candidate lists (columns qid, query, docno and the text column), not just "
+                    "topics: fit it inside a pipeline, e.g. `(bm25 % 20 >> text_loader >> HeadRank(...)).fit(topics, "
+                    "qrels)` (PyTerrier runs the first stages), or pass the first stage's results with text.")
+
+
+def check_qrels(qrels: pd.DataFrame, what: str = "qrels") -> pd.DataFrame:
+    if qrels is None or not {"qid", "docno", "label"} <= set(qrels.columns):
+        raise ValueError(f"HeadRank.fit: {what} need the columns qid, docno, label (PyTerrier's qrels format)")
+    out = qrels[["qid", "docno", "label"]].copy()
+    out["qid"], out["docno"] = out["qid"].astype(str), out["docno"].astype(str)
+    return out
+
+
+def candidate_lists(results: pd.DataFrame, qrels: pd.DataFrame, text_field: str = "text") -> List[CandidateList]:
+    """Group a result frame into :class:`CandidateList` objects (first-stage order: rank, else score, else as given)."""
+    if results is None or not isinstance(results, pd.DataFrame):
+        raise ValueError(NEEDS_CANDIDATES)
+    missing = {"qid", "query", "docno", text_field} - set(results.columns)
+    if missing:
+        raise ValueError(f"{NEEDS_CANDIDATES} (missing columns: {sorted(missing)})")
+    qrels = check_qrels(qrels)
+    grades = {(q, d): float(l) for q, d, l in qrels.itertuples(index=False)}
+    frame = results.copy()
+    frame["qid"] = frame["qid"].astype(str)
+    if "rank" in frame.columns:
+        frame = frame.sort_values(["qid", "rank"], kind="stable")
+    elif "score" in frame.columns:
+        frame = frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    lists = []
+    for qid, group in frame.groupby("qid", sort=False):
+        docnos = group["docno"].astype(str).tolist()
+        texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in group[text_field]]
+        scores = group["score"].to_numpy(dtype=np.float64) if "score" in group.columns else -np.arange(len(group),
+                                                                                                      dtype=float)
+        lists.append(CandidateList(qid, str(group["query"].iloc[0]), docnos, texts,
+                                   np.array([max(0.0, grades.get((qid, d), 0.0)) for d in docnos]), scores))
+    if not lists:
+        raise ValueError("HeadRank.fit: the training frame has no candidates")
+    return lists
+
+
+def ndcg10(scores: Dict[str, Tuple[Sequence[str], np.ndarray]], qrels: pd.DataFrame) -> float:
+    """Mean nDCG@10 (ir_measures) of runs given as ``{qid: (docnos, scores)}``, against full ``qrels``."""
+    import ir_measures
+
+    rows = [(q, d, float(s)) for q, (docnos, values) in scores.items() for d, s in zip(docnos, values)]
+    run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
+    judged = qrels[qrels["qid"].isin(scores.keys())]
+    qrels_ir = pd.DataFrame({"query_id": judged["qid"], "doc_id": judged["docno"],
+                             "relevance": judged["label"].astype(int)})
+    values = {row.query_id: row.value for row in ir_measures.iter_calc([ir_measures.parse_measure(MEASURE)],
+                                                                        qrels_ir, run)}
+    return float(np.mean([values.get(q, 0.0) for q in scores])) if scores else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fit
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _windows(reranker, prompt, lists: Sequence[CandidateList]):
+    """The first prompt window of each list, and the candidates it holds."""
+    windows, kept, cut = [], [], 0
+    for item in lists:
+        plan, wins = reranker._windows_for(prompt, item.query, item.texts)
+        windows.append(wins[0])
+        kept.append(list(plan[0]))
+        cut += len(plan) > 1
+    if cut:
+        warnings.warn(f"HeadRank.fit: {cut} list(s) do not fit one prompt window; fit uses the candidates of the "
+                      f"first window only (cut the first stage, e.g. `bm25 % 20`, or raise max_window_tokens)")
+    return windows, kept
+
+
+def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides):
+    """Fit ``reranker`` (a :class:`HeadRank`) in place and return it; see the module docstring."""
+    base = getattr(reranker, "fit_settings", None) or FitSettings()
+    settings = base.replace(**overrides)
+    if settings.k < 1:
+        raise ValueError("HeadRank.fit: k must be >= 1")
+    started = time.time()
+    # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default)
+    reranker.adapter_ = None
+    reranker._loaded = None
+    reader, prompt, start_heads = reranker._load()
+    train_lists = candidate_lists(train, train_qrels, reranker.text_field)
+    train_qrels = check_qrels(train_qrels)
+    has_valid = valid is not None
+    if has_valid:
+        if valid_qrels is None:
+            raise ValueError("HeadRank.fit: validation results need validation qrels")
+        valid_lists = candidate_lists(valid, valid_qrels, reranker.text_field)
+        valid_qrels = check_qrels(valid_qrels, "validation qrels")
+    else:
+        valid_lists = []
+    train_windows, train_kept = _windows(reranker, prompt, train_lists)
+    valid_windows, valid_kept = _windows(reranker, prompt, valid_lists)
+    summary = {
+        "model": reranker.model_name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": settings.to_dict(),
+        "train": _describe(train_lists, train_kept),
+        "valid": _describe(valid_lists, valid_kept) if has_valid else None,
+    }
+
+    heads, profile = start_heads, None
+    if settings.select:
+        chosen = list(range(len(train_lists)))
+        if settings.select_queries is not None and settings.select_queries < len(chosen):
+            chosen = sorted(np.random.default_rng(settings.seed).choice(len(chosen), settings.select_queries,
+                                                                         replace=False).tolist())
+        t0 = time.time()
+        profile = profile_heads(reader, [train_windows[i] for i in chosen],
+                                [train_lists[i].labels[train_kept[i]] for i in chosen],
+                                [train_lists[i].qid for i in chosen], settings.max_layer, reranker.calibrate,
+                                verbose=settings.verbose)
+        heads = profile.select(settings.k, settings.lam)
+        summary["selection"] = {"queries": len(chosen), "k": settings.k, "lambda": settings.lam,
+                                "max_layer": profile.max_layer, "heads": heads.to_dict(),
+                                "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
+                                "seconds": round(time.time() - t0, 1)}
+    reranker.heads = heads
+
+    if settings.align:
+        summary["alignment"] = _align(reranker, reader, heads, settings, train_lists, train_windows, train_kept,
+                                      train_qrels, valid_lists, valid_windows, valid_kept, valid_qrels)
+    elif has_valid:
+        reranker._loaded = None
+        scores = reranker.score_lists([(v.query, [v.texts[j] for j in kept]) for v, kept in
+                                       zip(valid_lists, valid_kept)], desc="HeadRank validation")
+        summary["valid_ndcg10"] = ndcg10({v.qid: ([v.docnos[j] for j in kept], s) for v, kept, s in
+                                          zip(valid_lists, valid_kept, scores)}, valid_qrels)
+    summary["seconds"] = round(time.time() - started, 1)
+    reranker.head_profile_ = profile
+    reranker.fit_summary_ = summary
+    reranker._loaded = None
+    return reranker
+
+
+def _describe(lists: Sequence[CandidateList], kept) -> dict:
+    sizes = [len(k) for k in kept]
+    levels = sorted({float(g) for item in lists for g in item.labels})
+    return {"queries": len(lists), "with_relevant": int(sum(item.labels.max() > 0 for item in lists)),
+            "candidates_mean": round(float(np.mean(sizes)), 2) if sizes else 0, "grades_seen": levels}
+
+
+def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_windows, train_kept, train_qrels,
+           valid_lists, valid_windows, valid_kept, valid_qrels) -> dict:
+    config = AdapterConfig(adapted_layers(heads, settings.adapt_layers), settings.rank, settings.alpha,
+                           tuple(settings.targets))
+    adapted = attach_lora(reader.model, config, settings.seed)
+    replay = AttentionReplay(adapted, heads, min(config.layers), reranker.calibrate, reader.pad_token_id,
+                             settings.learn_weights)
+    t0 = time.time()
+
+    def capture(lists, windows, kept, desc):
+        items = []
+        for item, window, idx in pt.tqdm(list(zip(lists, windows, kept)), desc=desc, unit="list",
+                                         disable=not settings.verbose):
+            items.append(replay.capture(window, item.qid, [item.docnos[j] for j in idx], item.labels[idx]))
+        prepare(replay, items)
+        return items
+
+    train_items = capture(train_lists, train_windows, train_kept, "HeadRank caching (train)")
+    valid_items = capture(valid_lists, valid_windows, valid_kept, "HeadRank caching (valid)") if valid_lists else []
+    cache_seconds = time.time() - t0
+    initial = replay.state()
+    align = settings.align_settings()
+
+    def evaluator(items, qrels):
+        def evaluate(rep):
+            with torch.no_grad():
+                return ndcg10({it.qid: (it.docnos, rep.scores(it).cpu().numpy()) for it in items}, qrels)
+        return evaluate
+
+    info = {"adapter": config.to_dict(), "replayed_layers": [replay.first, replay.deepest],
+            "train_lists_with_pairs": int(sum(has_pairs(i) for i in train_items)),
+            "cache_seconds": round(cache_seconds, 1)}
+    if valid_items:
+        result = train_adapters(replay, train_items, align, evaluator(valid_items, valid_qrels),
+                                verbose=settings.verbose)
+        info["chosen_by"] = "validation (early stopping)"
+    elif settings.cv_folds and settings.cv_folds > 1:
+        epochs, curves = _cross_fit(replay, train_items, train_qrels, align, settings, initial, evaluator)
+        replay.load_state(initial)
+        info["chosen_by"] = f"{settings.cv_folds}-fold cross-fitting"
+        info["cv_mean_ndcg10_by_epoch"] = [round(v, 4) for v in curves]
+        result = train_adapters(replay, train_items, dataclasses.replace(align, epochs=epochs), None,
+                                verbose=settings.verbose) if epochs > 0 else None
+        if result is None:  # cross-fitting preferred no alignment: keep the starting (identity) adapters
+            from .alignment import AlignResult
+            result = AlignResult(history=[{"epoch": 0, "loss": None, "valid": None}])
+    else:
+        result = train_adapters(replay, train_items, align, None, verbose=settings.verbose)
+        info["chosen_by"] = "fixed epochs"
+    info.update({"history": result.history, "best_epoch": result.best_epoch, "steps": result.steps,
+                 "train_seconds": round(result.seconds, 1)})
+    if valid_items:
+        info["valid_ndcg10_before"] = result.history[0]["valid"]
+        info["valid_ndcg10_after"] = max(r["valid"] for r in result.history)
+    reranker.adapter_ = Adapter(config, lora_state(adapted), adapted, reader.model)
+    reranker.heads = replay.head_set()
+    info["head_weights"] = [round(w, 4) for w in reranker.heads.weights]
+    return info
+
+
+def _cross_fit(replay, items, qrels, align: AlignSettings, settings: FitSettings, initial, evaluator):
+    """Choose the number of epochs by k-fold cross-fitting: mean out-of-fold nDCG@10 after each epoch."""
+    usable = [i for i in items if has_pairs(i)]
+    folds = min(settings.cv_folds, len(usable))
+    if folds < 2:
+        return align.epochs, []
+    order = np.random.default_rng(settings.seed).permutation(len(usable))
+    curves = []
+    for f in range(folds):
+        held = [usable[i] for i in order[f::folds]]
+        rest = [usable[i] for j, i in enumerate(order) if j % folds != f]
+        replay.load_state(initial)
+        run = dataclasses.replace(align, patience=align.epochs + 1, seed=align.seed + f + 1)
+        result = train_adapters(replay, rest, run, evaluator(held, qrels), verbose=settings.verbose,
+                                desc=f"HeadRank cross-fitting {f + 1}/{folds}")
+        curves.append([r["valid"] for r in result.history])
+    mean = np.mean(np.array(curves, dtype=np.float64), axis=0)
+    return int(np.argmax(mean)), mean.tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# fusion with the first-stage score
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _zscore(values: pd.Series, groups: pd.Series) -> pd.Series:
+    mean = values.groupby(groups).transform("mean")
+    std = values.groupby(groups).transform("std", ddof=0).replace(0, 1.0).fillna(1.0)
+    return (values - mean) / std
+
+
+def fuse(first_stage: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd.DataFrame:
+    """``weight * z(first-stage score) + (1 - weight) * z(reranker score)``, z-scores per query; re-ranked."""
+    first = first_stage[["qid", "docno", "score"]].rename(columns={"score": "first_stage_score"})
+    first = first.astype({"qid": str, "docno": str})
+    out = reranked.astype({"qid": str, "docno": str}).merge(first, on=["qid", "docno"], how="left")
+    if out["first_stage_score"].isna().any():
+        raise ValueError("HeadRank fusion: some reranked documents are not in the first-stage results")
+    out["score"] = weight * _zscore(out["first_stage_score"], out["qid"]) + \
+        (1 - weight) * _zscore(out["score"].astype(float), out["qid"])
+    out = out.drop(columns=["first_stage_score", "rank"], errors="ignore")
+    return pt.model.add_ranks(out).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+
+
+def fusion_weight(first_stage: pd.DataFrame, reranked: pd.DataFrame, qrels: pd.DataFrame,
+                  grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2))) -> Tuple[float, pd.DataFrame]:
+    """The fusion weight with the best mean nDCG@10 on (validation) ``qrels``; ties go to the smaller weight.
+
+    Returns the weight and a table of nDCG@10 per weight.
+    """
+    qrels = check_qrels(qrels)
+    rows = []
+    for w in grid:
+        fused = fuse(first_stage, reranked, float(w))
+        runs = {q: (g["docno"].tolist(), g["score"].to_numpy()) for q, g in fused.groupby("qid")}
+        rows.append({"weight": float(w), "ndcg10": ndcg10(runs, qrels)})
+    table = pd.DataFrame(rows)
+    best = table.loc[table["ndcg10"].idxmax(), "weight"]
+    return float(best), table
+
+
+class ScoreFusion(pt.Transformer):
+    """Runs ``reranker`` and fuses its score with the incoming first-stage ``score`` (see :func:`fuse`)."""
+
+    def __init__(self, reranker: pt.Transformer, weight: float):
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError("HeadRank fusion: weight must be within [0, 1]")
+        self.reranker = reranker
+        self.weight = float(weight)
+
+    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
+        if "score" not in inp.columns:
+            raise ValueError("HeadRank fusion: the input needs the first stage's 'score' column")
+        return fuse(inp, self.reranker.transform(inp), self.weight)
+
+    def __repr__(self) -> str:
+        return f"ScoreFusion({self.reranker!r}, weight={self.weight:g})"

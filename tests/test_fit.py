@@ -1,0 +1,81 @@
+"""HeadRank as a PyTerrier Estimator: fitting alone and inside a pipeline, binary qrels, settings, fusion."""
+import numpy as np
+import pandas as pd
+import pyterrier as pt
+import pytest
+
+import fit_data
+from pyterrier_headrank import HeadRank
+from pyterrier_headrank.fitting import FitSettings, ScoreFusion, candidate_lists, fuse, fusion_weight
+
+
+def _reranker(tiny, **kw):
+    model, tokenizer = tiny
+    return HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, **kw)
+
+
+def test_is_an_estimator_and_fits_inside_a_pipeline(tiny_qwen3):
+    direct = _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), align=False, k=2, max_layer=2,
+                                       verbose=False)
+    reranker = _reranker(tiny_qwen3)
+    assert isinstance(reranker, pt.Estimator)
+    reranker.fit_settings = FitSettings(align=False, k=2, max_layer=2, verbose=False)
+    first_stage = pt.Transformer.from_df(fit_data.results())   # stands in for `bm25 % 20 >> text_loader`
+    pipeline = first_stage >> reranker
+    pipeline.fit(fit_data.topics(["q1", "q2", "q3", "q4"]), fit_data.qrels(),
+                 fit_data.topics(["q5", "q6"]), fit_data.qrels())
+    summary = reranker.fit_summary_
+    assert summary["train"]["queries"] == 4 and summary["valid"]["queries"] == 2  # the pipeline ran the first stage
+    assert 0.0 <= summary["valid_ndcg10"] <= 1.0
+    assert len(reranker.heads) == 2
+    out = pipeline(fit_data.topics())
+    assert set(out.qid) == set(fit_data.PASSAGES) and "score" in out
+    assert direct.heads != _reranker(tiny_qwen3).head_set  # selection moved away from the zero-shot heads
+
+
+def test_topics_alone_are_refused(tiny_qwen3):
+    with pytest.raises(ValueError, match="HeadRank.fit needs candidate lists"):
+        _reranker(tiny_qwen3).fit(fit_data.topics(), fit_data.qrels(), verbose=False)
+    with pytest.raises(ValueError, match="qid, docno, label"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels().rename(columns={"label": "rel"}))
+    with pytest.raises(TypeError, match="unknown setting"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), epochz=3)
+    with pytest.raises(ValueError, match="validation qrels"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), fit_data.results(), None, verbose=False)
+
+
+def test_candidate_lists_grade_unjudged_as_zero_and_keep_first_stage_order():
+    shuffled = fit_data.results(["q1"]).sample(frac=1.0, random_state=0)
+    (item,) = candidate_lists(shuffled, fit_data.qrels())
+    assert item.docnos == [f"q1-d{i}" for i in range(6)]
+    assert item.labels.tolist() == [3, 0, 0, 2, 0, 1]
+    (binary,) = candidate_lists(shuffled, fit_data.qrels(graded=False))
+    assert binary.labels.tolist() == [1, 0, 0, 1, 0, 0]
+
+
+def test_binary_qrels_and_cross_fitting(tiny_qwen3):
+    reranker = _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(graded=False), k=2, max_layer=3,
+                                         epochs=2, cv_folds=2, lr=2e-2, verbose=False)
+    info = reranker.fit_summary_["alignment"]
+    assert info["chosen_by"] == "2-fold cross-fitting"
+    assert len(info["cv_mean_ndcg10_by_epoch"]) == 3          # epochs 0, 1, 2
+    chosen = int(np.argmax(info["cv_mean_ndcg10_by_epoch"]))
+    assert info["history"][-1]["epoch"] == chosen
+    assert reranker.fit_summary_["train"]["grades_seen"] == [0.0, 1.0]
+
+
+def test_fusion_weight_and_transformer():
+    first = fit_data.results()
+    # a "reranker" that reverses the first stage: fusion weight 1 gives back the first stage's order
+    reranked = first.assign(score=-first["score"])
+    same = fuse(first, reranked, 1.0)
+    assert same.groupby("qid").docno.apply(list).to_dict() == first.groupby("qid").docno.apply(list).to_dict()
+    flipped = fuse(first, reranked, 0.0)
+    assert flipped.groupby("qid").docno.apply(list)["q1"] == [f"q1-d{i}" for i in reversed(range(6))]
+    weight, table = fusion_weight(first, reranked, fit_data.qrels())
+    assert weight >= 0.5 and len(table) == 11     # the first stage orders these lists better than their reverse
+    with pytest.raises(ValueError, match="HeadRank fusion"):
+        ScoreFusion(pt.Transformer.identity(), 1.5)
+    flip = pt.apply.generic(lambda df: df.assign(score=-df["score"]))
+    out = ScoreFusion(flip, 0.0)(first)
+    assert out.groupby("qid").docno.apply(list)["q2"][0] == "q2-d5"
