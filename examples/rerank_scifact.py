@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="beir/scifact/test",
                         help=f"an ir_datasets id, served from the shared folder when it holds a copy; or a shared "
                              f"set by name ({', '.join(SHARED_SPECS)})")
+    parser.add_argument("--fitted", default="smollm2-135m-scifact",
+                        help="also rerank with a fitted HeadRank: a saved folder, a shipped fit or a hub id "
+                             "('none' to skip; the shipped 'smollm2-135m-scifact' was fitted on SciFact train)")
     parser.add_argument("--source", choices=["auto", "shared", "irds"], default="auto",
                         help="where the collection comes from (auto: the shared copy when present)")
     parser.add_argument("--queries", type=int, default=DEFAULT_QUERIES,
@@ -95,10 +98,16 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     print(f"model {args.model}: loaded in {time.perf_counter() - loading:.1f} s; heads: {heads.name}", flush=True)
 
     pipeline = retriever % args.cutoff >> collection.text_loader() >> reranker
-    names = ["BM25", f"BM25 % {args.cutoff} >> HeadRank({args.model})"]
+    systems = [retriever, pipeline]
+    names = ["BM25", f"BM25 % {args.cutoff} >> HeadRank({args.model}) zero-shot"]
+    if args.fitted and args.fitted.lower() != "none":
+        fitted = HeadRank.from_pretrained(args.fitted, batch_size=args.batch_size, device=args.device,
+                                          verbose=verbose)
+        systems.append(retriever % args.cutoff >> collection.text_loader() >> fitted)
+        names.append(f"BM25 % {args.cutoff} >> HeadRank fitted ({args.fitted})")
     with warnings.catch_warnings():  # BM25 runs once per system; it costs milliseconds, so sharing it is not worth it
         warnings.filterwarnings("ignore", message="There are shared pipeline components")
-        table = pt.Experiment([retriever, pipeline], topics, qrels, eval_metrics=MEASURES, names=names, round=4,
+        table = pt.Experiment(systems, topics, qrels, eval_metrics=MEASURES, names=names, round=4,
                               baseline=0 if len(topics) > 1 else None, verbose=verbose)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False))

@@ -233,14 +233,26 @@ def load_folder(path, **overrides):
     return reranker
 
 
+#: Fitted rerankers shipped inside the package, loadable by name (see ``pretrained/``).
+PRETRAINED = pathlib.Path(__file__).resolve().parent / "pretrained"
+
+
+def pretrained_names() -> list:
+    return sorted(p.name for p in PRETRAINED.iterdir() if (p / "headrank.json").is_file()) if PRETRAINED.is_dir() else []
+
+
 def load(path_or_hub_id, **overrides):
-    """A folder (see :func:`save`) or a Hugging Face hub id (``org/name[@branch]``, see :func:`from_hf`)."""
+    """A folder (see :func:`save`), the name of a shipped fit (:func:`pretrained_names`, e.g.
+    ``smollm2-135m-scifact``), or a Hugging Face hub id (``org/name[@branch]``, see :func:`from_hf`)."""
     text = str(path_or_hub_id)
     if os.path.exists(text):
         return load_folder(text, **overrides)
+    if text in pretrained_names():
+        return load_folder(PRETRAINED / text, **overrides)
     if _HUB_ID.match(text) and not text.startswith((".", "/")):
         return from_hf(text, **overrides)
-    raise FileNotFoundError(f"HeadRank: '{text}' is neither a folder nor a Hugging Face hub id ('org/name')")
+    raise FileNotFoundError(f"HeadRank: '{text}' is neither a folder, a shipped fit ({', '.join(pretrained_names())}) "
+                            f"nor a Hugging Face hub id ('org/name')")
 
 
 class HeadRankArtifact(pt.Artifact, pt.Transformer):

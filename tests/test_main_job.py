@@ -65,11 +65,12 @@ def test_main_job_end_to_end_with_smollm2(job, smollm2, tmp_cache, capsys):
     need(SHARED / "data" / "beir-scifact")
     table = job.main(["--queries", "2", "--cutoff", "8", "--quiet"])
     names = list(table["name"])
-    assert names == ["BM25", "BM25 % 8 >> HeadRank(smollm2-135m)"]
+    assert names == ["BM25", "BM25 % 8 >> HeadRank(smollm2-135m) zero-shot",
+                     "BM25 % 8 >> HeadRank fitted (smollm2-135m-scifact)"]
     for measure in ("nDCG@10", "RR@10"):
         assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in table[measure]), table
     mrt = table.set_index("name")["mrt"]
     assert mrt.gt(0).all() and mrt[names[1]] > mrt[names[0]]  # an LLM pass per query costs more than BM25
     printed = capsys.readouterr().out
-    assert names[1] in printed and "nDCG@10" in printed and "mrt" in printed
+    assert names[1] in printed and names[2] in printed and "nDCG@10" in printed and "mrt" in printed
     assert (tmp_cache / "pisa").is_dir()  # the BM25 index went to the cache folder, not the project
