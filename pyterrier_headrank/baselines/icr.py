@@ -1,0 +1,137 @@
+"""``ICR``: In-Context Re-ranking (Chen et al., ICLR 2025, arXiv 2410.02642) on HeadRank's attention reader.
+
+ICR scores a passage by the attention that the query tokens pay to its tokens, summed over every head of every
+layer, minus the same attention paid by a content-free query ("N/A"). Before summing a passage's tokens it drops
+the tokens whose calibrated score falls far below the passage's own mean (below mean - 2 std): tokens that the
+content-free query attends to much more than the real one, such as attention sinks, would otherwise dominate.
+
+Compared with HeadRank: the same listwise prompt (passages first, query last) and the same two-call read
+(:class:`~pyterrier_headrank.attention.AttentionReader` with ``keep_tokens=True``), but all heads, the full depth,
+and the token filter. The whole candidate list goes into one prompt when it fits the model's context; a longer list
+is split into HeadRank's shared-anchor windows (ICR itself would slide windows, which it advises against).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..attention import AttentionReader
+from ..heads import HeadSet
+from ..models import load_model
+from ..prompt import Window
+from ..reranker import HeadRank
+
+HELP_URL = "https://arxiv.org/abs/2410.02642"
+
+
+def filtered_calibrated_sum(query_mass: torch.Tensor, calibration_mass: torch.Tensor, filter_tokens: bool = True,
+                            num_std: float = 2.0) -> torch.Tensor:
+    """ICR's score of one passage from per-token attention mass of the query and of the calibration query.
+
+    Keeps the tokens whose calibrated mass (query minus calibration) exceeds ``mean - num_std * std`` over the
+    passage's tokens and sums their calibrated mass. A passage with fewer than two tokens keeps all of them (its
+    standard deviation is undefined); an empty passage scores 0.
+    """
+    calibrated = query_mass.double() - calibration_mass.double()
+    if calibrated.numel() == 0:
+        return calibrated.new_zeros(())
+    if not filter_tokens or calibrated.numel() < 2:
+        return calibrated.sum()
+    threshold = calibrated.mean() - num_std * calibrated.std()
+    return calibrated[calibrated > threshold].sum()
+
+
+def context_length(model) -> int:
+    """The longest prompt a model accepts (``max_position_embeddings`` of its text config)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return int(getattr(config, "max_position_embeddings", 4096) or 4096)
+
+
+class ICR(HeadRank):
+    """In-Context Re-ranking: calibrated, token-filtered attention of all heads of all layers.
+
+    Args:
+        model: an alias (``smollm2-135m``, ``qwen3-0.6b``, ...), a hub id, a folder, a ``.gguf`` file, or a loaded
+            ``transformers`` causal LM (then also pass ``tokenizer``).
+        calibrate: subtract the attention of the content-free query "N/A" (ICR's calibration); ``False`` gives
+            ICR's uncalibrated variant (plain attention mass, no token filter).
+        token_filter: drop tokens whose calibrated score is below mean - 2 std of their passage.
+        max_window_tokens: the prompt budget; ``None`` for the model's context length, so that the whole list fits
+            in one prompt whenever it can.
+        Other arguments as for :class:`~pyterrier_headrank.HeadRank`.
+    """
+
+    def __init__(self, model="smollm2-135m", *, tokenizer=None, calibrate: bool = True, token_filter: bool = True,
+                 text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
+                 max_query_tokens: int = 64, max_window_tokens=None, max_window_passages: int = 1000,
+                 n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
+        if not isinstance(model, str) and tokenizer is None:
+            raise ValueError("ICR: a loaded model needs its tokenizer: ICR(model, tokenizer=tok)")
+        if int(batch_size) < 1 or int(max_passage_tokens) < 1 or int(max_query_tokens) < 1:
+            raise ValueError("ICR: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
+        if int(n_anchors) < 0 or int(max_window_passages) < int(n_anchors) + 1:
+            raise ValueError("ICR: need n_anchors >= 0 and max_window_passages > n_anchors")
+        if max_window_tokens is not None and int(max_window_tokens) < 1:
+            raise ValueError("ICR: max_window_tokens must be >= 1 (or None for the model's context length)")
+        super().__init__(model, None, tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
+                         batch_size=batch_size, max_passage_tokens=max_passage_tokens,
+                         max_query_tokens=max_query_tokens,
+                         max_window_tokens=1 if max_window_tokens is None else max_window_tokens,
+                         max_window_passages=max_window_passages, n_anchors=n_anchors, device=device, dtype=dtype,
+                         verbose=verbose)
+        self.token_filter = bool(token_filter)
+        self.max_window_tokens = None if max_window_tokens is None else int(max_window_tokens)  # None until loaded
+
+    def _load(self):
+        if self._loaded is None and self.max_window_tokens is None:
+            model = load_model(self.model, self.device, self.dtype)[0] if isinstance(self.model, str) else self.model
+            self.max_window_tokens = context_length(model)
+        return super()._load()
+
+    def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
+        return HeadSet.all_heads(num_layers, num_heads)
+
+    def _score_windows(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
+                       weights: torch.Tensor) -> np.ndarray:
+        if not self.calibrate:  # the uncalibrated variant: plain attention mass per passage
+            return super()._score_windows(reader, windows, heads, weights)
+        readout = reader.read(windows, heads, calibrate=True, keep_tokens=True)
+        weights = weights.to(readout.token_mass)
+        query = torch.einsum("bhk,h->bk", readout.token_mass, weights).cpu()  # summed over all heads and layers
+        calibration = torch.einsum("bhk,h->bk", readout.calibration_token_mass, weights).cpu()
+        width = max(len(w.prefix_ids) for w in windows)  # prefixes are left-padded to the longest one
+        scores = np.zeros((len(windows), max(w.num_passages for w in windows)))
+        for b, window in enumerate(windows):
+            pad = width - len(window.prefix_ids)
+            for j, (start, end) in enumerate(window.passage_spans):
+                scores[b, j] = float(filtered_calibrated_sum(query[b, pad + start:pad + end],
+                                                             calibration[b, pad + start:pad + end],
+                                                             self.token_filter))
+        return scores
+
+    def score_lists(self, lists, desc: str = "ICR"):
+        return super().score_lists(lists, desc=desc)
+
+    # ICR is training-free and has no saved form: HeadRank's fitting and saving do not apply to it.
+    def fit(self, *args, **kwargs):
+        raise TypeError("ICR: training-free, nothing to fit (HeadRank(...).fit selects and aligns heads)")
+
+    def save(self, path):
+        raise TypeError("ICR: nothing to save; recreate it with ICR(model)")
+
+    def to_hf(self, repo, **kwargs):
+        raise TypeError("ICR: nothing to upload; recreate it with ICR(model)")
+
+    @classmethod
+    def from_pretrained(cls, path_or_hub_id, **overrides):
+        raise TypeError("ICR: has no saved form; use ICR(model), or HeadRank.from_pretrained for a fitted HeadRank")
+
+    from_hf = from_pretrained
+
+    def schematic(self, *, input_columns=None):
+        return {"label": "ICR", "help_url": HELP_URL}
+
+    def __repr__(self) -> str:
+        return f"ICR({self.model_name!r})"
