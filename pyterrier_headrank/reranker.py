@@ -42,7 +42,8 @@ class HeadRank(pt.Estimator):
         heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` for the zero-shot default.
         calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
         text_field: the column holding passage text.
-        batch_size: windows per forward pass (windows of different queries are batched together).
+        batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 4 on
+            a GPU and 1 on a CPU, where padded batches measured slower than one window at a time.
         max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens.
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
         max_window_passages: at most this many passages per window.
@@ -52,7 +53,7 @@ class HeadRank(pt.Estimator):
     """
 
     def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
-                 text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
+                 text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
                  n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
         self.model = model
@@ -60,7 +61,7 @@ class HeadRank(pt.Estimator):
         self.tokenizer = tokenizer
         self.calibrate = calibrate
         self.text_field = text_field
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.max_passage_tokens = int(max_passage_tokens)
         self.max_query_tokens = int(max_query_tokens)
         self.max_window_tokens = int(max_window_tokens)
@@ -73,7 +74,7 @@ class HeadRank(pt.Estimator):
             pick_dtype(dtype, pick_device(device))  # fail now, not at first use, on a bad dtype or device
         elif tokenizer is None:
             raise ValueError("HeadRank: a loaded model needs its tokenizer: HeadRank(model, tokenizer=tok)")
-        if self.batch_size < 1 or self.max_passage_tokens < 1 or self.max_query_tokens < 1:
+        if min(self.batch_size or 1, self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
         if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
             raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
@@ -140,8 +141,9 @@ class HeadRank(pt.Estimator):
         weights = torch.tensor(heads.weights)
         with torch.inference_mode(), pt.tqdm(total=len(jobs), desc=desc, unit="window",
                                              disable=not self.verbose) as bar:
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start:start + self.batch_size]
+            size = self.batch_size or (4 if reader.device.type == "cuda" else 1)
+            for start in range(0, len(jobs), size):
+                batch = jobs[start:start + size]
                 scores = self._score_windows(reader, [job.window for job in batch], heads, weights)
                 for job, row in zip(batch, scores):
                     window_scores[job.list_index, job.window_index] = row[: job.window.num_passages]

@@ -109,7 +109,7 @@ def test_repr_schematic_and_settings(reranker):
     assert repr(HeadRank("qwen3-4b", heads=[(3, 1), (5, 2)])) == "HeadRank('qwen3-4b', 2 heads)"
     schematic = pt.schematic.transformer_schematic(reranker)
     assert schematic["label"] == "HeadRank" and schematic["help_url"].startswith("https://")
-    assert reranker.text_field == "text" and reranker.batch_size == 4 and reranker.calibrate is True
+    assert reranker.text_field == "text" and reranker.batch_size is None and reranker.calibrate is True
 
 
 def test_zero_shot_heads_are_the_middle_layers_and_truncate(reranker):
