@@ -74,7 +74,7 @@ class HeadRank(pt.Estimator):
             pick_dtype(dtype, pick_device(device))  # fail now, not at first use, on a bad dtype or device
         elif tokenizer is None:
             raise ValueError("HeadRank: a loaded model needs its tokenizer: HeadRank(model, tokenizer=tok)")
-        if min(self.batch_size or 1, self.max_passage_tokens, self.max_query_tokens) < 1:
+        if min(1 if self.batch_size is None else self.batch_size, self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
         if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
             raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")

@@ -182,6 +182,8 @@ def test_bad_settings_are_clear_errors(tiny_qwen3):
         HeadRank(model, tokenizer=tokenizer, heads=[(9, 0)])(_frame(["x"]))
     with pytest.raises(ValueError, match="max_window_tokens"):
         HeadRank(model, tokenizer=tokenizer, max_window_tokens=50)(_frame(["x"]))
+    with pytest.raises(ValueError, match="batch_size"):
+        HeadRank(model, tokenizer=tokenizer, batch_size=0)
     with pytest.raises(ValueError, match="dtype"):
         HeadRank("smollm2-135m", dtype="float8")
 
