@@ -135,3 +135,11 @@ def load_model(name: str, device=None, dtype="auto") -> Tuple[torch.nn.Module, o
         if key not in _LOADED:
             _LOADED[key] = _load_uncached(source, device, dtype)
         return _LOADED[key]
+
+
+def loaded(model, tokenizer, device=None, dtype="auto") -> Tuple[torch.nn.Module, object]:
+    """(model, tokenizer) for a reranker's ``model=`` argument: a name is loaded (once, see :func:`load_model`); an
+    already loaded model comes back with the tokenizer given beside it."""
+    if isinstance(model, str):
+        return load_model(model, device, dtype)
+    return model, tokenizer

@@ -12,7 +12,7 @@ import torch
 
 from .attention import AttentionReader, model_shape
 from .heads import HeadLike, HeadSet
-from .models import load_model, pick_device, pick_dtype
+from .models import loaded, pick_device, pick_dtype
 from .prompt import ListwisePrompt, Window
 from .windows import merge_window_scores, plan_windows
 
@@ -88,10 +88,7 @@ class HeadRank(pt.Estimator):
     def _load(self):
         """(reader, prompt, heads) built on first use."""
         if self._loaded is None:
-            if isinstance(self.model, str):
-                model, tokenizer = load_model(self.model, self.device, self.dtype)
-            else:
-                model, tokenizer = self.model, self.tokenizer
+            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype)
             model = self._adapted(model)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
             reader = AttentionReader(model, pad_token_id=pad)

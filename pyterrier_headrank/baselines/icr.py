@@ -19,7 +19,7 @@ import torch
 
 from ..attention import AttentionReader
 from ..heads import HeadSet
-from ..models import load_model
+from ..models import loaded
 from ..prompt import Window
 from ..reranker import HeadRank
 
@@ -86,7 +86,7 @@ class ICR(HeadRank):
 
     def _load(self):
         if self._loaded is None and self.max_window_tokens is None:
-            model = load_model(self.model, self.device, self.dtype)[0] if isinstance(self.model, str) else self.model
+            model = loaded(self.model, self.tokenizer, self.device, self.dtype)[0]
             self.max_window_tokens = context_length(model)
         return super()._load()
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from ..models import load_model, pick_device, pick_dtype
+from ..models import loaded, pick_device, pick_dtype
 from ..prompt import ListwisePrompt
 from ..reranker import rerank_frame
 from .permutation import ParsedPermutation, parse_permutation
@@ -161,10 +161,7 @@ class RankGPT(pt.Transformer):
     def _load(self):
         """(model, tokenizer, truncating prompt helper) on first use."""
         if self._loaded is None:
-            if isinstance(self.model, str):
-                model, tokenizer = load_model(self.model, self.device, self.dtype)
-            else:
-                model, tokenizer = self.model, self.tokenizer
+            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype)
             self._loaded = (model, tokenizer, ListwisePrompt(tokenizer, self.max_passage_tokens,
                                                              self.max_query_tokens))
         return self._loaded
