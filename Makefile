@@ -21,3 +21,6 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+benchmark: setup
+	$(BIN)/python benchmarks/speed.py $(ARGS)
