@@ -63,18 +63,19 @@ class FitSettings:
     rank: int = 8
     alpha: float = 16.0
     targets: Tuple[str, ...] = ("q_proj", "k_proj")
-    epochs: int = 4
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.01
-    eta: float = 0.01
-    reference: bool = False
-    max_pairs: int = 32
-    hard_negatives: int = 3
-    patience: int = 2
+    # the alignment knobs default to AlignSettings', so that the two cannot drift apart
+    epochs: int = AlignSettings.epochs
+    lr: float = AlignSettings.lr
+    weight_decay: float = AlignSettings.weight_decay
+    beta: float = AlignSettings.beta
+    gamma: float = AlignSettings.gamma
+    eta: float = AlignSettings.eta
+    reference: bool = AlignSettings.reference
+    max_pairs: int = AlignSettings.max_pairs
+    hard_negatives: int = AlignSettings.hard_negatives
+    patience: int = AlignSettings.patience
     cv_folds: int = 3
-    seed: int = 0
+    seed: int = AlignSettings.seed
     verbose: bool = True
 
     def replace(self, **overrides) -> "FitSettings":
