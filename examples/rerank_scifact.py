@@ -13,6 +13,7 @@ minutes on a CPU; pass ``--queries 0`` for all of them.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ import pyterrier as pt
 from ir_measures import RR, nDCG
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.data import SHARED_SPECS, get_collection
+from pyterrier_headrank.data import SHARED_ENV, SHARED_SPECS, data_dir, get_collection, shared_name
 from pyterrier_headrank.first_stage import bm25
 
 DEFAULT_QUERIES = 30  # ~4 s a query on 2 idle CPU cores: about 2-3 minutes in all
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="judged queries drawn at random (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the query subset")
     parser.add_argument("--cutoff", type=int, default=20, help="BM25 candidates reranked per query")
-    parser.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="prompt windows per forward pass (default: HeadRank's, 1 on CPU and 4 on GPU)")
     parser.add_argument("--first-stage", choices=["auto", "pisa", "shipped"], default="auto",
                         help="PISA BM25 over the corpus, or the collection's shipped BM25 run "
                              "(auto: shipped for candidate-only sets such as DL21, else PISA)")
@@ -69,6 +71,25 @@ def sample_topics(topics: pd.DataFrame, qrels: pd.DataFrame, n: int, seed: int) 
     return judged.reset_index(drop=True)
 
 
+def open_collection(name: str, source: str):
+    """(collection, qrels, topics); one line and exit status 1 when the data is neither in the shared folder nor
+    downloadable (no network), instead of ir_datasets' download traceback."""
+    logging.disable(logging.WARNING)  # ir_datasets logs each download retry; the failure is reported below
+    try:
+        collection = get_collection(name, source=source)
+        return collection, collection.get_qrels(), collection.get_topics()
+    except Exception as err:  # noqa: BLE001 - any failure to get the data ends the job with one line
+        local = shared_name(name)
+        where = data_dir() / SHARED_SPECS[local].folder if local else None
+        raise SystemExit(
+            f"rerank_scifact.py: cannot open {name!r}: "
+            + (f"no offline copy in {where} (set {SHARED_ENV} to the shared folder that holds data/), and " if where
+               and not where.is_dir() else "")
+            + f"ir_datasets could not provide it ({type(err).__name__})") from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def first_stage(collection, kind: str, cutoff: int, verbose: bool) -> pt.Transformer:
     """BM25 giving at least ``cutoff`` (and 100) candidates a query: PISA, or the shipped run/candidates."""
     is_candidate_set = getattr(getattr(collection, "spec", None), "candidates", False)
@@ -81,14 +102,13 @@ def first_stage(collection, kind: str, cutoff: int, verbose: bool) -> pt.Transfo
 def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     """Run the comparison and print it; return the pt.Experiment table."""
     args = build_parser().parse_args(argv)
-    if args.cutoff < 1 or args.batch_size < 1:
+    if args.cutoff < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise SystemExit("--cutoff and --batch-size must be >= 1")
     verbose = not args.quiet
     started = time.perf_counter()
 
-    collection = get_collection(args.dataset, source=args.source)
-    qrels = collection.get_qrels()
-    topics = sample_topics(collection.get_topics(), qrels, args.queries, args.seed)
+    collection, qrels, all_topics = open_collection(args.dataset, args.source)
+    topics = sample_topics(all_topics, qrels, args.queries, args.seed)
     print(f"{collection!r}: {len(topics)} queries (seed {args.seed}), BM25 top-{args.cutoff} reranked", flush=True)
 
     retriever = first_stage(collection, args.first_stage, args.cutoff, verbose)

@@ -14,9 +14,10 @@ What is trained, and how (the design :meth:`HeadRank.fit` uses):
   grade present; binary: relevant over irrelevant), plus each relevant passage over the ``hard_negatives``
   highest-scored passages of the lowest grade; hardest first (most wrongly ordered, then nearest ties), capped.
 * **Parameters.** Optionally the head weights (``learn_weights``: how much each selected head counts, a linear
-  combination of the heads' scores saved in the head set), and peft LoRA adapters on the attention projections (``q_proj``, ``k_proj``) of the ``adapt_layers``
-  deepest layers that hold selected heads. The base weights stay frozen and are shared with the loaded model (the
-  adapted model is a shallow copy, so a fitted reranker does not change other rerankers using the same weights).
+  combination of the heads' scores saved in the head set), and peft LoRA adapters on the attention projections
+  (``q_proj``, ``k_proj``) of the ``adapt_layers`` deepest layers that hold selected heads. The base weights stay
+  frozen and are shared with the loaded model (the adapted model is a shallow copy, so a fitted reranker does not
+  change other rerankers using the same weights).
 * **Cheap training on cached states.** Nothing below the first adapted layer changes, so its input hidden states
   (and the masks and rotary embeddings the decoder hands every layer) are captured once per training list with a
   forward pre-hook (``with_kwargs=True``) during one frozen pass, and every training step replays only the layers
@@ -36,7 +37,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import (_ACTIVE, AttentionReader, _Capture, _StopForward, _UseAttention, decoder_layers)
+from . import compat
+from .attention import (
+    AttentionReader,
+    Capture,
+    StopForward,
+    active_capture,
+    capturing,
+    decoder_layers,
+    headrank_attention,
+    stop_after,
+)
 from .heads import HeadSet
 from .prompt import Window
 
@@ -184,16 +195,16 @@ def attach_lora(model: torch.nn.Module, config: AdapterConfig, seed: int = 0) ->
             raise ValueError(f"HeadRank: cannot put LoRA adapters on {list(config.targets)} of layers "
                              f"{list(config.layers)} of {type(model).__name__}: {err}") from err
     for name, p in adapted.named_parameters():
-        p.requires_grad_("lora_" in name)
+        p.requires_grad_(compat.is_lora_parameter(name))
     adapted.eval()
-    found = {int(n.split(".layers.")[1].split(".")[0]) for n, _ in adapted.named_parameters() if "lora_" in n}
+    found = {compat.lora_layer_index(n) for n, _ in adapted.named_parameters() if compat.is_lora_parameter(n)}
     if found != set(config.layers):
         raise ValueError(f"HeadRank: LoRA adapters landed on layers {sorted(found)}, expected {list(config.layers)}")
     return adapted
 
 
 def lora_parameters(model: torch.nn.Module) -> Dict[str, torch.nn.Parameter]:
-    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+    return {name: p for name, p in model.named_parameters() if compat.is_lora_parameter(name)}
 
 
 def lora_state(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -270,8 +281,7 @@ class CachedList:
 
 
 def _layer_types(model, first: int, last: int) -> List[str]:
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(config, "layer_types", None)
+    types = getattr(compat.text_config(model.config), "layer_types", None)
     return [types[l] if types else "all" for l in range(first, last + 1)]
 
 
@@ -332,8 +342,8 @@ class AttentionReplay:
         def hook(layer_kind):
             def record(module, args, kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                rest = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "hidden_states")}
-                active = _ACTIVE.get()
+                rest = compat.layer_inputs(kwargs)
+                active = active_capture()
                 part = "suffix" if active is not None else "prefix"
                 kept = hidden.detach().clone() if layer_kind == first_kind else None  # only the first layer's input
                 seen.setdefault(part, {})[layer_kind] = (kept, rest)
@@ -370,32 +380,25 @@ class AttentionReplay:
 
     # ---- replay ---------------------------------------------------------------------------------------------------
     def _run_layers(self, hidden: torch.Tensor, kwargs: Dict[str, dict], cache) -> None:
-        stop = self.layers[self.deepest].self_attn.register_forward_hook(_raise_stop) \
-            if hasattr(self.layers[self.deepest], "self_attn") else None
-        try:
-            for offset, layer in enumerate(range(self.first, self.deepest + 1)):
-                hidden = self.layers[layer](hidden, past_key_values=cache, **kwargs[self.types[offset]])
-        except _StopForward:
-            pass
-        finally:
-            if stop is not None:
-                stop.remove()
+        """Layers ``first..deepest`` on ``hidden``; the deepest one only up to its attention."""
+        deepest = self.layers[self.deepest]
+        with stop_after(getattr(deepest, "self_attn", None)):
+            try:
+                for offset, layer in enumerate(range(self.first, self.deepest + 1)):
+                    hidden = compat.call_layer(self.layers[layer], hidden, cache, kwargs[self.types[offset]])
+            except StopForward:
+                pass
 
     def scores(self, item: CachedList) -> torch.Tensor:
         """Scores ``[n]`` of one cached list under the current adapters (differentiable outside ``no_grad``)."""
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        with _UseAttention(self.reader._configs):
+        cache = compat.new_cache(self.model)
+        with headrank_attention(self.model):
             self._run_layers(item.prefix_hidden, item.prefix_kwargs, cache)
             if self.calibrate:
-                cache.batch_repeat_interleave(2)
-            capture = _Capture(self.live_index, item.query_weights, item.passage_index, item.num_buckets, False)
-            token = _ACTIVE.set(capture)
-            try:
+                compat.repeat_cache_rows(cache, 2)
+            capture = Capture(self.live_index, item.query_weights, item.passage_index, item.num_buckets, False)
+            with capturing(capture):
                 self._run_layers(item.suffix_hidden, item.suffix_kwargs, cache)
-            finally:
-                _ACTIVE.reset(token)
         n = item.num_passages
         rows = []
         slot = {l: {h: j for j, h in enumerate(hs)} for l, hs in self.live.items()}
@@ -409,10 +412,6 @@ class AttentionReplay:
                     row = row - mass[1, slot[layer][head], :n]
                 rows.append(row.float())
         return self.weights @ torch.stack(rows)
-
-
-def _raise_stop(*_):
-    raise _StopForward()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -475,8 +474,8 @@ def train_adapters(replay: AttentionReplay, train: Sequence[CachedList], setting
 
     ``evaluate(replay) -> float`` (higher is better; validation nDCG@10) is called before training and after every
     epoch; the best epoch's adapters are kept and training stops after ``patience`` epochs without improvement.
-    Without ``evaluate``, all epochs run and the last adapters are kept. Trained: ``replay.parameters()``. Lists without two relevance levels give no
-    pairs and are left out.
+    Without ``evaluate``, all epochs run and the last adapters are kept. Trained: ``replay.parameters()``. Lists
+    without two relevance levels give no pairs and are left out.
     """
     import time
 

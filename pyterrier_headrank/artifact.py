@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 import pyterrier as pt
-import torch
 
+from . import compat
 from .alignment import Adapter, AdapterConfig
 from .attention import model_shape
 from .heads import HeadSet
@@ -46,7 +46,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 def fingerprint(model) -> dict:
     """What a folder's heads and adapters depend on: the model's shape."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = compat.text_config(model.config)
     layers, heads = model_shape(model)
     return {"layers": int(layers), "heads": int(heads), "hidden_size": int(config.hidden_size),
             "kv_heads": int(getattr(config, "num_key_value_heads", heads) or heads),

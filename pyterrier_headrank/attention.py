@@ -10,31 +10,34 @@ How it works, and why this way:
 * A pass is two calls: a prefill of the shared prefix (passages) into a KV cache, then the short suffix (query, and
   the "N/A" calibration query as a second batch row) on top of that cache. Only suffix rows are read, so no
   ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per layer.
-* A forward hook on the deepest selected layer raises :class:`_StopForward`: later layers and the LM head never run.
+* A forward hook on the deepest selected layer raises :class:`StopForward`: later layers and the LM head never run.
 """
 from __future__ import annotations
 
 import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
-from transformers import AttentionInterface, DynamicCache
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from . import compat
 from .heads import HeadSet
 from .prompt import Window
 
 ATTENTION_NAME = "headrank"
+#: The capture of the pass running in this thread / context; ``None`` outside HeadRank's passes, where the registered
+#: implementation is plain SDPA. A context variable, so concurrent passes on one shared model never see each other's.
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("headrank_capture", default=None)
+#: Identifies the pass of this context to its own stop hook (see :func:`stop_after`).
+_PASS_TOKEN: contextvars.ContextVar = contextvars.ContextVar("headrank_pass", default=None)
 
 
-class _StopForward(Exception):
+class StopForward(Exception):
     """Raised after the deepest layer that HeadRank needs, to end the forward pass early."""
 
 
-class _Capture:
+class Capture:
     """What to read at which layer during a pass, and what was read.
 
     Only the last ``query_weights.shape[1]`` rows of the pass (the suffix) are read.
@@ -83,16 +86,45 @@ class _Capture:
             full[..., -num_keys:] = tokens
             self.token_mass[layer] = full
 
+    def readout(self, heads: HeadSet, num_passages: int, calibrate: bool) -> "Readout":
+        """What was read, heads back in the head set's order; rows alternate query / calibration when calibrated."""
+        missing = [layer for layer in self.heads_by_layer if layer not in self.passage_mass]
+        if missing:
+            raise RuntimeError(f"HeadRank: the pass never reached the attention of layer(s) {missing}; the model does "
+                               f"not dispatch attention through transformers' AttentionInterface")
+        restore = torch.argsort(torch.tensor(heads.order_by_layer(), device=self.query_weights.device))
+        layers = list(self.heads_by_layer)
+        passage = torch.cat([self.passage_mass[l] for l in layers], 1)[:, restore, :num_passages]
+        tokens = torch.cat([self.token_mass[l] for l in layers], 1)[:, restore] if self.keep_tokens else None
+        if calibrate:
+            return Readout(passage[0::2], passage[1::2],
+                           tokens[0::2] if self.keep_tokens else None, tokens[1::2] if self.keep_tokens else None)
+        return Readout(passage, None, tokens, None)
+
 
 def _attention_with_capture(module, query, key, value, attention_mask, *args, **kwargs):
     capture = _ACTIVE.get()
     if capture is not None:
         capture.observe(module, query, key, attention_mask, kwargs.get("scaling"))
-    return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    return compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)
 
 
-AttentionInterface.register(ATTENTION_NAME, _attention_with_capture)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+compat.register_attention(ATTENTION_NAME, _attention_with_capture)
+
+
+@contextmanager
+def capturing(capture: "Capture") -> Iterator["Capture"]:
+    """Make ``capture`` the one that HeadRank's attention implementation fills in this context."""
+    token = _ACTIVE.set(capture)
+    try:
+        yield capture
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_capture() -> Optional["Capture"]:
+    """The capture of the pass running in this context, if any."""
+    return _ACTIVE.get()
 
 
 @dataclass
@@ -131,67 +163,65 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 def model_shape(model) -> tuple:
     """(number of layers, number of attention heads) of a decoder."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = compat.text_config(model.config)
     return config.num_hidden_layers, config.num_attention_heads
 
 
-class _UseAttention:
-    """Switch a model to HeadRank's attention implementation for the duration of a pass."""
-
-    def __init__(self, configs):
-        self.configs = configs
-
-    def __enter__(self):
-        self.previous = [c._attn_implementation for c in self.configs]
-        for config in self.configs:
-            config._attn_implementation = ATTENTION_NAME
-
-    def __exit__(self, *exc):
-        for config, name in zip(self.configs, self.previous):
-            config._attn_implementation = name
+@contextmanager
+def headrank_attention(model) -> Iterator[None]:
+    """Run ``model``'s attention through HeadRank's implementation while inside (thread-safe, see compat)."""
+    with compat.attention_implementation(compat.attention_configs(model), ATTENTION_NAME):
+        yield
 
 
-class _StopAfter:
-    """Forward hook that ends the pass after a given decoder layer."""
+@contextmanager
+def stop_after(module: Optional[torch.nn.Module]) -> Iterator[None]:
+    """End the pass of this context with :class:`StopForward` once ``module`` has run (``None``: never).
 
-    def __init__(self, model, layer: Optional[int]):
-        self.handle = None
-        if layer is not None:
-            self.handle = decoder_layers(model)[layer].register_forward_hook(self._stop)
+    The hook is registered for this pass only and fires only in the context that registered it, so a concurrent pass
+    on the same shared model (another thread, another stop layer) runs on undisturbed.
+    """
+    if module is None:
+        yield
+        return
+    token = object()
+    marker = _PASS_TOKEN.set(token)
 
-    @staticmethod
-    def _stop(*_):
-        raise _StopForward()
+    def stop(*_):
+        if _PASS_TOKEN.get() is token:
+            raise StopForward()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
+    handle = module.register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
+        _PASS_TOKEN.reset(marker)
 
 
 class AttentionReader:
-    """Runs the two-call (prefill, suffix) truncated pass for a batch of windows and returns a :class:`Readout`."""
+    """Runs the two-call (prefill, suffix) truncated pass for a batch of windows and returns a :class:`Readout`.
+
+    Thread-safe: what one pass reads lives in its own context (:func:`capturing`, :func:`stop_after`), not on the
+    shared model, so several readers (threads, rerankers) may use one loaded model at once.
+    """
 
     def __init__(self, model, pad_token_id: int = 0):
         self.model = model
         self.pad_token_id = pad_token_id
         self.num_layers, self.num_heads = model_shape(model)
-        configs = {id(m.config): m.config for m in model.modules()
-                   if hasattr(getattr(m, "config", None), "_attn_implementation")}
-        self._configs = list(configs.values())
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _run(self, stop_layer: Optional[int], **inputs) -> None:
-        with _UseAttention(self._configs), _StopAfter(self.model, stop_layer):
+    def run(self, stop_layer: Optional[int], cache, **inputs) -> None:
+        """One decoder pass with HeadRank's attention, into ``cache``, ended after layer ``stop_layer`` (if given)."""
+        stop_module = None if stop_layer is None else decoder_layers(self.model)[stop_layer]
+        with headrank_attention(self.model), stop_after(stop_module):
             try:
-                decoder = getattr(self.model, "base_model", self.model)
-                decoder(**inputs, use_cache=True)
-            except _StopForward:
+                compat.call_decoder(getattr(self.model, "base_model", self.model), cache, **inputs)
+            except StopForward:
                 pass
 
     def read(self, windows: Sequence[Window], heads: HeadSet, calibrate: bool = True, truncate: bool = True,
@@ -201,64 +231,91 @@ class AttentionReader:
         ``truncate=False`` runs every layer (for checking that stopping early changes nothing).
         """
         heads.check_fits(self.num_layers, self.num_heads)
-        device = self.device
         stop = heads.deepest_layer if truncate else None
-        batch = len(windows)
         rows_per_window = 2 if calibrate else 1
-
-        # 1. prefill the prefixes into a cache; nothing is read here. Prefixes are left-padded so that each one ends
-        #    where its suffix starts: sliding-window layers then see exactly the tokens they would see unbatched.
-        prefix_lengths = [len(w.prefix_ids) for w in windows]
-        width = max(prefix_lengths)
-        pads = [width - n for n in prefix_lengths]
-        prefix_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        prefix_mask = torch.zeros((batch, width), dtype=torch.long)
-        for b, w in enumerate(windows):
-            prefix_ids[b, pads[b]:] = torch.tensor(w.prefix_ids)
-            prefix_mask[b, pads[b]:] = 1
-        positions = (torch.arange(width)[None, :] - torch.tensor(pads)[:, None]).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
-        self._run(stop, input_ids=prefix_ids.to(device), attention_mask=prefix_mask.to(device),
-                  position_ids=positions.to(device), past_key_values=cache)
+        prefix = _Prefix.left_padded(windows, self.pad_token_id)
+        cache = compat.new_cache(self.model)
+        self.run(stop, cache, **prefix.inputs(self.device))  # 1. the passages, nothing read
         if rows_per_window > 1:
-            cache.batch_repeat_interleave(rows_per_window)
-
-        # 2. the suffixes: query (and calibration query) rows on top of the cache, read at the selected layers
+            compat.repeat_cache_rows(cache, rows_per_window)
         parts = [part for w in windows for part in ((w.query, w.calibration) if calibrate else (w.query,))]
-        lengths = [prefix_lengths[i // rows_per_window] for i in range(len(parts))]
-        suffix_width = max(len(p.ids) for p in parts)
-        rows = len(parts)
-        suffix_ids = torch.full((rows, suffix_width), self.pad_token_id, dtype=torch.long)
-        suffix_mask = torch.zeros((rows, suffix_width), dtype=torch.long)
-        query_weights = torch.zeros((rows, suffix_width))
+        suffix = _Suffix.build(windows, parts, prefix, rows_per_window, self.pad_token_id)
+        by_layer = heads.by_layer()
+        capture = Capture({layer: torch.tensor(h, device=self.device) for layer, h in by_layer.items()},
+                          suffix.query_weights.to(self.device), suffix.passage_index.to(self.device),
+                          suffix.num_passages + 1, keep_tokens)
+        with capturing(capture):  # 2. query (and calibration) rows on top of the cache, read at the chosen layers
+            self.run(stop, cache, **suffix.inputs(prefix, rows_per_window, self.device))
+        return capture.readout(heads, suffix.num_passages, calibrate)
+
+
+@dataclass
+class _Prefix:
+    """The passages part of a batch of windows, left-padded so that each prefix ends where its suffix starts.
+
+    Left padding keeps sliding-window layers exact: every suffix token sees exactly the keys it would see unbatched.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pads: list
+    lengths: list
+
+    @classmethod
+    def left_padded(cls, windows: Sequence[Window], pad_token_id: int) -> "_Prefix":
+        lengths = [len(w.prefix_ids) for w in windows]
+        width = max(lengths)
+        pads = [width - n for n in lengths]
+        ids = torch.full((len(windows), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(windows), width), dtype=torch.long)
+        for b, w in enumerate(windows):
+            ids[b, pads[b]:] = torch.tensor(w.prefix_ids)
+            mask[b, pads[b]:] = 1
+        return cls(ids, mask, pads, lengths)
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    def inputs(self, device) -> dict:
+        positions = (torch.arange(self.width)[None, :] - torch.tensor(self.pads)[:, None]).clamp(min=0)
+        return dict(input_ids=self.ids.to(device), attention_mask=self.mask.to(device),
+                    position_ids=positions.to(device))
+
+
+@dataclass
+class _Suffix:
+    """The query rows (and calibration rows) that run on top of the prefix cache, and what to read from them."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    query_weights: torch.Tensor  # [rows, S]: 1/|query| on the query tokens, else 0
+    passage_index: torch.Tensor  # [rows, prefix + S]: passage number of each key position, num_passages if none
+    num_passages: int
+
+    @classmethod
+    def build(cls, windows: Sequence[Window], parts, prefix: _Prefix, rows_per_window: int,
+              pad_token_id: int) -> "_Suffix":
+        rows, width = len(parts), max(len(p.ids) for p in parts)
         num_passages = max(w.num_passages for w in windows)
-        passage_index = torch.full((rows, width + suffix_width), num_passages, dtype=torch.long)
+        ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        query_weights = torch.zeros((rows, width))
+        passage_index = torch.full((rows, prefix.width + width), num_passages, dtype=torch.long)
         for r, part in enumerate(parts):
-            suffix_ids[r, : len(part.ids)] = torch.tensor(part.ids)
-            suffix_mask[r, : len(part.ids)] = 1
+            ids[r, : len(part.ids)] = torch.tensor(part.ids)
+            mask[r, : len(part.ids)] = 1
             start, end = part.span
             query_weights[r, start:end] = 1.0 / max(1, end - start)
-            pad = pads[r // rows_per_window]
+            pad = prefix.pads[r // rows_per_window]
             for j, (a, b) in enumerate(windows[r // rows_per_window].passage_spans):
                 passage_index[r, pad + a:pad + b] = j
-        positions = torch.tensor(lengths)[:, None] + torch.arange(suffix_width)[None, :]
-        by_layer = heads.by_layer()
-        capture = _Capture({layer: torch.tensor(h, device=device) for layer, h in by_layer.items()},
-                           query_weights.to(device), passage_index.to(device), num_passages + 1, keep_tokens)
-        token = _ACTIVE.set(capture)
-        try:
-            self._run(stop, input_ids=suffix_ids.to(device),
-                      attention_mask=torch.cat([prefix_mask.repeat_interleave(rows_per_window, 0), suffix_mask],
-                                               1).to(device),
-                      position_ids=positions.to(device), past_key_values=cache)
-        finally:
-            _ACTIVE.reset(token)
+        lengths = torch.tensor([prefix.lengths[r // rows_per_window] for r in range(rows)])
+        positions = lengths[:, None] + torch.arange(width)[None, :]
+        return cls(ids, mask, positions, query_weights, passage_index, num_passages)
 
-        # 3. heads back into the head set's order
-        restore = torch.argsort(torch.tensor(heads.order_by_layer(), device=device))
-        passage = torch.cat([capture.passage_mass[l] for l in by_layer], 1)[:, restore, :num_passages]
-        tokens = torch.cat([capture.token_mass[l] for l in by_layer], 1)[:, restore] if keep_tokens else None
-        if calibrate:
-            return Readout(passage[0::2], passage[1::2],
-                           tokens[0::2] if keep_tokens else None, tokens[1::2] if keep_tokens else None)
-        return Readout(passage, None, tokens, None)
+    def inputs(self, prefix: _Prefix, rows_per_window: int, device) -> dict:
+        mask = torch.cat([prefix.mask.repeat_interleave(rows_per_window, 0), self.mask], 1)
+        return dict(input_ids=self.ids.to(device), attention_mask=mask.to(device),
+                    position_ids=self.positions.to(device))

@@ -215,16 +215,37 @@ def build_reranker(args):
     if args.max_passage_tokens is not None:
         options["max_passage_tokens"] = args.max_passage_tokens
     try:
-        if getattr(args, "fitted", None):
-            if not os.path.isdir(args.fitted):
-                raise CliError(f"--fitted: folder {args.fitted} does not exist")
+        if getattr(args, "fitted", None):  # a folder, a shipped fit or a hub id, as HeadRank.from_pretrained takes
             if args.model is not None:
                 options["model"] = args.model
             return HeadRank.from_pretrained(args.fitted, **options)
         heads = parse_heads(args.heads) if args.heads else None
         return HeadRank(args.model or DEFAULT_MODEL, heads, **options)
-    except (ValueError, ImportError, FileNotFoundError) as err:
+    except (ValueError, ImportError, OSError) as err:
         raise CliError(_first_line(err)) from None
+
+
+def check_output_file(path: str) -> None:
+    """Fail before any scoring if the run file cannot be written (``-`` is standard output)."""
+    if path == "-":
+        return
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise CliError(f"--output {path} is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise CliError(f"output folder {target.parent} does not exist")
+    if not os.access(target.resolve().parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"--output {path} is not writable")
+
+
+def check_output_folder(path: str) -> None:
+    """Fail before fitting if the folder to save into cannot be created."""
+    target = pathlib.Path(path)
+    if target.exists() and not target.is_dir():
+        raise CliError(f"--output {path} exists and is not a folder")
+    parent = target.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise CliError(f"cannot create the folder {path}: {parent} does not exist or is not writable")
 
 
 # ---- commands ---------------------------------------------------------------------------------------------------
@@ -284,8 +305,9 @@ def rerank_frame(reranker, frame, cutoff: Optional[int]):
 def cmd_rerank(args) -> int:
     if args.cutoff is not None and args.cutoff < 1:
         raise CliError("--cutoff must be >= 1")
+    check_output_file(args.output)
+    reranker = build_reranker(args)  # checks the model name and device before any data is read
     frame = candidates_for(args)
-    reranker = build_reranker(args)
     try:
         out = rerank_frame(reranker, frame, args.cutoff)
     except (ValueError, ImportError, OSError) as err:
@@ -333,8 +355,9 @@ def evaluate_runs(qrels, runs: Sequence[str], measures):
         answered = judged & set(run["qid"])
         if not answered:
             raise CliError(f"run {path} answers none of the judged queries (wrong qrels?)")
-        values = ir_measures.calc_aggregate(measures, qrels, run.rename(columns={"qid": "query_id",
-                                                                               "docno": "doc_id"}))
+        # as trec_eval without -c: the mean over the judged queries that the run answers, not over all judged ones
+        values = ir_measures.calc_aggregate(measures, qrels[qrels["query_id"].isin(answered)],
+                                            run.rename(columns={"qid": "query_id", "docno": "doc_id"}))
         rows.append({"run": pathlib.Path(path).name, "queries": len(answered),
                      **{str(m): float(values[m]) for m in measures}})
     return pd.DataFrame(rows)
@@ -358,6 +381,9 @@ def cmd_fit(args) -> int:
         raise CliError("--cutoff must be >= 1")
     if not args.collection and not args.qrels:
         raise CliError("give --collection (topics and qrels) or --qrels with --candidates/--run")
+    check_output_folder(args.output)
+    args.heads = None
+    reranker = build_reranker(args)
     frame = candidates_for(args)
     qrels = read_qrels(args.qrels) if args.qrels else load_collection(args.collection).get_qrels()
     frame = frame[frame["qid"].isin(set(qrels["qid"]))]
@@ -365,8 +391,6 @@ def cmd_fit(args) -> int:
         raise CliError("no query of the candidates has relevance judgements")
     if args.cutoff:
         frame = frame[frame["rank"] < args.cutoff]
-    args.heads = None
-    reranker = build_reranker(args)
     try:
         reranker.fit(frame, qrels, **fit_options(args))
         reranker.save(args.output)
@@ -424,9 +448,11 @@ def _add_model(parser, heads: bool = True):
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--heads", help="heads to read: LAYER:HEAD[:WEIGHT] items separated by commas, or a JSON "
                                            "head-set file (default: the zero-shot middle-layer heads)")
-        group.add_argument("--fitted", help="folder of a fitted reranker (written by `headrank fit`): its heads, "
-                                            "adapters and settings; --model then overrides the model it records")
-    parser.add_argument("--batch-size", type=int, default=4, help="prompt windows per forward pass")
+        group.add_argument("--fitted", help="a fitted reranker: a folder written by `headrank fit`, a shipped fit "
+                                            "(smollm2-135m-scifact) or a hub id, as HeadRank.from_pretrained takes; "
+                                            "its heads, adapters and settings (--model overrides its model)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="prompt windows per forward pass (default: HeadRank's, 1 on CPU and 4 on GPU)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA when present)")
     parser.add_argument("--dtype", default="auto",
                         help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32")

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import tempfile
-from typing import Optional, Union
+from typing import Union
 
 import pyterrier as pt
 

@@ -5,8 +5,9 @@ The steps, on the training candidate lists (each query's candidates in first-sta
 1. **Selection** (``select=True``): one truncated pass per list reads every head of layers ``0..max_layer``; heads
    are ranked by nDCG@10 minus ``lam`` x normalised entropy (:mod:`~pyterrier_headrank.selection`); the top ``k`` form
    the head set. Training-free: with ``align=False`` this is all that fit does.
-2. **Alignment** (``align=True``): the head weights (``learn_weights``) and LoRA adapters on q/k of the ``adapt_layers`` deepest layers holding selected heads,
-   trained on cached hidden states of the frozen layers below (:mod:`~pyterrier_headrank.alignment`). The number of
+2. **Alignment** (``align=True``): the head weights (``learn_weights``) and LoRA adapters on q/k of the
+   ``adapt_layers`` deepest layers holding selected heads, trained on cached hidden states of the frozen layers below
+   (:mod:`~pyterrier_headrank.alignment`). The number of
    epochs is chosen on the validation lists when given (early stopping, best epoch kept, epoch 0 = no alignment
    included), else by cross-fitting over ``cv_folds`` folds of the training lists (out-of-fold nDCG@10 per epoch),
    else fixed. Small training sets overfit fast, so epochs are never chosen on the training lists themselves.
@@ -28,8 +29,19 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from .alignment import (Adapter, AdapterConfig, AlignSettings, AttentionReplay, adapted_layers, attach_lora,
-                        has_pairs, lora_state, prepare, train_adapters)
+from .alignment import (
+    Adapter,
+    AdapterConfig,
+    AlignSettings,
+    AttentionReplay,
+    adapted_layers,
+    attach_lora,
+    has_pairs,
+    lora_state,
+    prepare,
+    train_adapters,
+)
+from .frames import add_ranks
 from .selection import MEASURE, profile_heads
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,8 +56,9 @@ class FitSettings:
     Selection: ``select`` (choose heads; False keeps the reranker's heads), ``k`` heads, ``lam`` (entropy penalty),
     ``max_layer`` (deepest layer considered; None = two thirds of the depth), ``select_queries`` (profile at most
     this many training lists, drawn with ``seed``; None = all).
-    Alignment: ``align``, ``learn_weights`` (also train the head weights), ``adapt_layers`` (LoRA on the this-many deepest layers holding selected heads; 0 = all of
-    them; each more layer makes a training step cost about one more layer), ``rank``, ``alpha``, ``targets``,
+    Alignment: ``align``, ``learn_weights`` (also train the head weights), ``adapt_layers`` (LoRA on the this-many
+    deepest layers holding selected heads; 0 = all of them; each more layer makes a training step cost about one more
+    layer), ``rank``, ``alpha``, ``targets``,
     ``epochs`` (at most), ``lr``, ``weight_decay``, ``beta`` (pairwise temperature), ``gamma`` (entropy weight of
     Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
     model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
@@ -183,7 +196,8 @@ def _windows(reranker, prompt, lists: Sequence[CandidateList]):
         cut += len(plan) > 1
     if cut:
         warnings.warn(f"HeadRank.fit: {cut} list(s) do not fit one prompt window; fit uses the candidates of the "
-                      f"first window only (cut the first stage, e.g. `bm25 % 20`, or raise max_window_tokens)")
+                      f"first window only (cut the first stage, e.g. `bm25 % 20`, or raise max_window_tokens)",
+                      stacklevel=3)
     return windows, kept
 
 
@@ -360,7 +374,7 @@ def fuse(first_stage: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd
     out["score"] = weight * _zscore(out["first_stage_score"], out["qid"]) + \
         (1 - weight) * _zscore(out["score"].astype(float), out["qid"])
     out = out.drop(columns=["first_stage_score", "rank"], errors="ignore")
-    return pt.model.add_ranks(out).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+    return add_ranks(out).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
 
 
 def fusion_weight(first_stage: pd.DataFrame, reranked: pd.DataFrame, qrels: pd.DataFrame,

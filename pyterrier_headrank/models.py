@@ -67,6 +67,9 @@ def resolve_model(name: str) -> ModelSource:
             raise FileNotFoundError(f"HeadRank: GGUF file '{key}' does not exist")
         return ModelSource(name=key, location=os.path.dirname(os.path.abspath(key)), gguf_file=os.path.basename(key))
     if os.path.isdir(key):
+        if not os.path.isfile(os.path.join(key, "config.json")):
+            raise ValueError(f"HeadRank: folder '{key}' is not a transformers model (no config.json in it); pass a "
+                             f"folder saved with save_pretrained or downloaded from the hub, or a .gguf file")
         return ModelSource(name=key, location=os.path.abspath(key))
     if "/" in key and not key.startswith((".", "/")) and key.count("/") == 1:
         return ModelSource(name=key, location=key, is_hub=True)
@@ -77,10 +80,24 @@ def resolve_model(name: str) -> ModelSource:
 
 
 def pick_device(device: Union[None, str, torch.device]) -> torch.device:
-    """``None`` means CUDA when present, else CPU."""
+    """``None`` means CUDA when present, else CPU. A device that this machine lacks is refused here, at once."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"HeadRank: {device!r} is not a torch device (use 'cpu', 'cuda', 'cuda:1', 'mps' or None)") \
+            from err
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise ValueError(f"HeadRank: device {device!r} is not available ({build}); use device='cpu' or None")
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(f"HeadRank: device {device!r} is not available (only {count} GPU(s) visible)")
+    elif chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"HeadRank: device {device!r} is not available (no Apple MPS here); use device='cpu' or None")
+    return chosen
 
 
 def pick_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch.dtype:
@@ -100,15 +117,17 @@ _LOADED: dict = {}
 _LOCK = threading.Lock()
 
 
-def _load_uncached(source: ModelSource, device: torch.device, dtype: torch.dtype):
+def _load_uncached(source: ModelSource, device: torch.device, dtype: torch.dtype, verbose: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .compat import quiet_loading
 
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=dtype, attn_implementation="sdpa", **kwargs
-        )
+        with quiet_loading(verbose):
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, attn_implementation="sdpa",
+                                                         **kwargs)
     except (OSError, ValueError) as err:
         if source.is_hub:
             raise OSError(
@@ -125,21 +144,37 @@ def _load_uncached(source: ModelSource, device: torch.device, dtype: torch.dtype
     return model, tokenizer
 
 
-def load_model(name: str, device=None, dtype="auto") -> Tuple[torch.nn.Module, object]:
-    """Load (model, tokenizer) for ``name`` once per process and (device, dtype)."""
+def load_model(name: str, device=None, dtype="auto", verbose: bool = False) -> Tuple[torch.nn.Module, object]:
+    """Load (model, tokenizer) for ``name`` once per process and (device, dtype); progress bars when ``verbose``."""
     source = resolve_model(name)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     key = (source, str(device), dtype)
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _load_uncached(source, device, dtype)
+            _LOADED[key] = _load_uncached(source, device, dtype, verbose)
         return _LOADED[key]
 
 
-def loaded(model, tokenizer, device=None, dtype="auto") -> Tuple[torch.nn.Module, object]:
+def check_model_argument(owner: str, model, tokenizer, device, dtype) -> None:
+    """Refuse, at construction, what would only fail at first use: an unknown name or alias, a folder that holds no
+    model, a missing embedded model, a device this machine lacks, a bad dtype, a loaded model without its tokenizer.
+    ``owner`` (the reranker's class name) starts every message."""
+    try:
+        if isinstance(model, str):
+            resolve_model(model)
+        elif tokenizer is None:
+            raise ValueError(f"HeadRank: a loaded model needs its tokenizer: {owner}(model, tokenizer=tok)")
+        pick_dtype(dtype, pick_device(device))
+    except (ValueError, ImportError, FileNotFoundError) as err:
+        if owner == "HeadRank" or not str(err).startswith("HeadRank: "):
+            raise
+        raise type(err)(f"{owner}: {str(err)[len('HeadRank: '):]}") from err
+
+
+def loaded(model, tokenizer, device=None, dtype="auto", verbose: bool = False) -> Tuple[torch.nn.Module, object]:
     """(model, tokenizer) for a reranker's ``model=`` argument: a name is loaded (once, see :func:`load_model`); an
     already loaded model comes back with the tokenizer given beside it."""
     if isinstance(model, str):
-        return load_model(model, device, dtype)
+        return load_model(model, device, dtype, verbose)
     return model, tokenizer

@@ -1,6 +1,7 @@
 """``HeadRank``: the PyTerrier reranker, and a framework-free ``rank(query, passages)`` beside it."""
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -10,14 +11,17 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
+from . import compat
 from .attention import AttentionReader, model_shape
+from .frames import add_ranks
 from .heads import HeadLike, HeadSet
-from .models import loaded, pick_device, pick_dtype
+from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
 from .windows import merge_window_scores, plan_windows
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
 MANY_CANDIDATES = 100
+_LOAD_LOCK = threading.RLock()  # builds a reranker's engine once when threads race to first use
 
 
 @dataclass
@@ -70,10 +74,7 @@ class HeadRank(pt.Estimator):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
-        if isinstance(model, str):
-            pick_dtype(dtype, pick_device(device))  # fail now, not at first use, on a bad dtype or device
-        elif tokenizer is None:
-            raise ValueError("HeadRank: a loaded model needs its tokenizer: HeadRank(model, tokenizer=tok)")
+        check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
         if min(1 if self.batch_size is None else self.batch_size, self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
         if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
@@ -86,23 +87,30 @@ class HeadRank(pt.Estimator):
         return self.model if isinstance(self.model, str) else type(self.model).__name__
 
     def _load(self):
-        """(reader, prompt, heads) built on first use."""
-        if self._loaded is None:
-            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype)
-            model = self._adapted(model)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-            reader = AttentionReader(model, pad_token_id=pad)
-            prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
-            num_layers, num_heads = model_shape(model)
-            heads = self.heads or self._default_heads(num_layers, num_heads)
-            heads.check_fits(num_layers, num_heads)
-            smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
-                (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
-            if self.max_window_tokens < smallest:
-                raise ValueError(f"HeadRank: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
-                                 f"{self.n_anchors} anchors and one passage; use at least {smallest}")
-            self._loaded = (reader, prompt, heads)
+        """(reader, prompt, heads) built on first use (once, also when several threads ask at the same time)."""
+        if self._loaded is not None:
+            return self._loaded
+        with _LOAD_LOCK:
+            if self._loaded is None:
+                self._loaded = self._build()
         return self._loaded
+
+    def _build(self):
+        """Load the model (shared, see :func:`models.loaded`), apply fitted adapters, and check the heads fit."""
+        model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
+        model = self._adapted(model)
+        pad = compat.pad_token_id(tokenizer)
+        reader = AttentionReader(model, pad_token_id=pad)
+        prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
+        num_layers, num_heads = model_shape(model)
+        heads = self.heads or self._default_heads(num_layers, num_heads)
+        heads.check_fits(num_layers, num_heads)
+        smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
+            (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
+        if self.max_window_tokens < smallest:
+            raise ValueError(f"HeadRank: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
+                             f"{self.n_anchors} anchors and one passage; use at least {smallest}")
+        return reader, prompt, heads
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         """The heads used when none are given (subclasses such as ICR change this)."""
@@ -234,10 +242,32 @@ def _clean_text(text) -> str:
 
 
 def _clean_query(query, what: str, name: str = "HeadRank") -> str:
+    """``what`` names the query in the error, e.g. "the query" or "the query of qid '7'"."""
     text = _clean_text(query).strip()
     if not text:
-        raise ValueError(f"{name}: the query of {what} is empty; {name} needs query text to rerank")
+        raise ValueError(f"{name}: {what} is empty; {name} needs query text to rerank")
     return text
+
+
+def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) -> None:
+    """Refuse, before anything is scored, a frame that would fail half-way: missing columns (with a hint where the
+    passage text is missing), rows without a qid."""
+    if not isinstance(inp, pd.DataFrame):
+        raise TypeError(f"{name}: expected a pandas DataFrame of candidates, got {type(inp).__name__}")
+    text_field = reranker.text_field
+    try:
+        pt.validate.result_frame(inp, extra_columns=["query", text_field], context=reranker)
+    except pt.validate.InputValidationError as err:
+        if text_field in inp.columns:
+            raise
+        hint = (f" {name} reads passage text from the {text_field!r} column: add it with a text loader before the "
+                f"reranker (`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> {name}(...)`), or name the column "
+                f"that holds the text with {name}(..., text_field='body').")
+        raise pt.validate.InputValidationError(err.args[0] + hint, err.modes) from None
+    if inp["qid"].isna().any():
+        rows = inp.index[inp["qid"].isna()].tolist()
+        raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
+                         f"candidate needs the qid of its query")
 
 
 def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
@@ -248,7 +278,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
     ``rank``. Errors and warnings name the reranker's class.
     """
     name = type(reranker).__name__
-    pt.validate.result_frame(inp, extra_columns=["query", reranker.text_field], context=reranker)
+    check_input_frame(inp, reranker, name)
     out = inp.copy()
     if len(out) == 0:
         out["score"] = pd.Series(dtype="float64")
@@ -272,9 +302,10 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
         if group["docno"].duplicated().any():
             warnings.warn(f"{name}: qid {qid!r} has duplicate docnos; each row is scored on its own.",
                           stacklevel=2)
-        lists.append((_clean_query(queries[0], f"qid {qid!r}", name), [_clean_text(t) for t in group[reranker.text_field]]))
+        lists.append((_clean_query(queries[0], f"the query of qid {qid!r}", name),
+                      [_clean_text(t) for t in group[reranker.text_field]]))
     scores = reranker.score_lists(lists)
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
-    out = pt.model.add_ranks(out)
+    out = add_ranks(out)
     return out.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)

@@ -15,7 +15,7 @@ This is usable on its own, without alignment (training-free selection, as QRHead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd

@@ -1,6 +1,7 @@
 """Reference scores from eager attention with ``output_attentions``: the slow, obvious computation."""
 import torch
 
+from pyterrier_headrank.compat import eager_attention
 from pyterrier_headrank.prompt import Window
 
 
@@ -8,13 +9,8 @@ def eager_scores(model, window: Window, heads, calibrate: bool) -> torch.Tensor:
     """Per-head passage mass ``[heads, passages]`` from the full ``L x L`` eager attention of one window."""
     def mass(part):
         ids = torch.tensor([window.prefix_ids + part.ids])
-        previous = model.config._attn_implementation
-        model.config._attn_implementation = "eager"
-        try:
-            with torch.no_grad():
-                out = model(input_ids=ids, output_attentions=True)
-        finally:
-            model.config._attn_implementation = previous
+        with torch.no_grad(), eager_attention(model):
+            out = model(input_ids=ids, output_attentions=True)
         start = len(window.prefix_ids) + part.span[0]
         end = len(window.prefix_ids) + part.span[1]
         rows = []

@@ -6,13 +6,25 @@ import pandas as pd
 import pytest
 import torch
 
-import fit_data
 from pyterrier_headrank import HeadRank, HeadSet
-from pyterrier_headrank.alignment import (AdapterConfig, AlignSettings, AttentionReplay, adapted_layers,
-                                          attach_lora, list_loss, lora_parameters, pairwise_loss, prepare,
-                                          preference_pairs, regulariser, train_adapters)
+from pyterrier_headrank.alignment import (
+    AdapterConfig,
+    AlignSettings,
+    AttentionReplay,
+    adapted_layers,
+    attach_lora,
+    list_loss,
+    lora_parameters,
+    pairwise_loss,
+    preference_pairs,
+    prepare,
+    regulariser,
+    train_adapters,
+)
 from pyterrier_headrank.attention import AttentionReader
 from pyterrier_headrank.prompt import ListwisePrompt
+
+import fit_data
 
 HEADS = HeadSet(((0, 1), (2, 3), (3, 0), (3, 2)), (1.0, 0.5, 1.0, 2.0))
 
@@ -230,7 +242,7 @@ def test_replay_equals_normal_pass_on_other_architectures(kind, qwen3_tokenizer)
     heads = HeadSet(((0, 2), (1, 1), (3, 0)))
     adapted = attach_lora(model, AdapterConfig((1, 3), rank=4), seed=0)
     with torch.no_grad():
-        for name, p in lora_parameters(adapted).items():  # arbitrary non-zero adapters
+        for p in lora_parameters(adapted).values():  # arbitrary non-zero adapters
             p.copy_(torch.randn_like(p) * 0.3)
     replay = AttentionReplay(adapted, heads, 1, True, qwen3_tokenizer.pad_token_id)
     prompt = ListwisePrompt(qwen3_tokenizer, max_passage_tokens=24)

@@ -1,5 +1,4 @@
 """Saving and loading fitted rerankers: identical scores after a round trip, clear errors for bad folders."""
-import io
 import json
 import tarfile
 
@@ -7,10 +6,11 @@ import numpy as np
 import pyterrier as pt
 import pytest
 
-import fit_data
-from conftest import tiny_decoder
 from pyterrier_headrank import HeadRank
 from pyterrier_headrank.artifact import HeadRankArtifact
+
+import fit_data
+from conftest import tiny_decoder
 
 FILES = {"headrank.json", "adapter.safetensors", "training.json", "pt_meta.json"}
 

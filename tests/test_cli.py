@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -137,6 +138,20 @@ def test_evaluate_several_runs_and_trec_qrels(small, tmp_path, capsys):
     assert list(table["RR@100"]) == pytest.approx([1.0, 1.0 / DEPTH])
 
 
+def test_evaluate_averages_over_the_queries_the_run_answers(dl21_rows, tmp_path, capsys):
+    """A run of 3 perfect queries scores 1.0, as trec_eval says; not 3/53 (a mean over every judged query)."""
+    qrels = pd.read_csv(need(SHARED / "data" / DL21 / "qrels.tsv"), sep="\t", dtype=str)
+    qids = list(dict.fromkeys(r["qid"] for r in dl21_rows))[:3]
+    best = qrels[qrels["query-id"].isin(qids)].assign(grade=lambda f: f["score"].astype(int))
+    best = best.sort_values(["query-id", "grade"], ascending=[True, False])
+    run = tmp_path / "perfect.txt"
+    run.write_text("".join(f"{q} Q0 {d} {i + 1} {100 - i} ideal\n" for q, group in best.groupby("query-id")
+                           for i, d in enumerate(group["corpus-id"])))
+    assert main(["evaluate", "--collection", DL21, str(run), "--format", "json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["queries"] == 3 and row["nDCG@10"] == pytest.approx(1.0) and row["RR@10"] == pytest.approx(1.0)
+
+
 # ---- fit --------------------------------------------------------------------------------------------------------
 def test_fit_then_rerank_with_the_fitted_folder(model_dir, small, tmp_path, capsys):
     fitted = tmp_path / "fitted"
@@ -206,6 +221,41 @@ def test_help_for_every_command(capsys):
         assert option in text
 
 
+def test_output_and_device_are_checked_before_any_work(small, tmp_path, capsys):
+    missing_run = str(tmp_path / "nope.txt")  # would fail too, but only after the output and the model are checked
+    _fails(["rerank", "--run", missing_run, "-c", DL21, "-o", str(tmp_path / "no" / "such" / "run.txt")], capsys,
+           "output folder")
+    _fails(["rerank", "--run", missing_run, "-c", DL21, "-o", str(tmp_path)], capsys, "is a folder")
+    if not torch_has_cuda():
+        _fails(["rerank", "--run", missing_run, "-c", DL21, "--device", "cuda", "-o", str(tmp_path / "r.txt")],
+               capsys, "HeadRank: device 'cuda' is not available")
+    _fails(["rerank", "--run", missing_run, "-c", DL21, "--device", "tpu9", "-o", str(tmp_path / "r.txt")],
+           capsys, "is not a torch device")
+    (tmp_path / "file").write_text("")
+    _fails(["fit", "-c", DL21, "-o", str(tmp_path / "file")], capsys, "not a folder")
+
+
+def torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def test_rerank_with_a_shipped_fit_by_name(smollm2, small, tmp_path, capsys):
+    """--fitted takes what HeadRank.from_pretrained takes: a shipped fit's name, not only a folder."""
+    out = tmp_path / "shipped.txt"
+    qid = sorted(small["qids"])[0]
+    one = tmp_path / "one.txt"
+    one.write_text("".join(f"{r['qid']} Q0 {r['docno']} {r['rank']} {r['score']} bm25\n" for r in small["rows"]
+                           if r["qid"] == qid))
+    assert main(["rerank", "--fitted", "smollm2-135m-scifact", "-c", DL21, "--run", str(one), "--cutoff", "5",
+                 "-q", "-o", str(out)]) == 0, capsys.readouterr().err
+    frame = pd.DataFrame([r for r in small["rows"] if r["qid"] == qid and r["rank"] <= 5])
+    frame["rank"] -= 1
+    expected = HeadRank.from_pretrained("smollm2-135m-scifact")(frame).sort_values("rank")["docno"]
+    assert [line[2] for line in _run_lines(out)][:5] == list(expected)
+
+
 # ---- the console script -----------------------------------------------------------------------------------------
 def test_console_script_help_and_bad_input_exit_code(tmp_path):
     script = shutil.which("headrank", path=os.path.dirname(sys.executable))
@@ -218,6 +268,21 @@ def test_console_script_help_and_bad_input_exit_code(tmp_path):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"headrank evaluate: error: qrels file {tmp_path / 'missing.tsv'} "
                                                 f"does not exist"]
+
+
+def test_help_and_usage_errors_answer_fast_without_torch(tmp_path):
+    script = shutil.which("headrank", path=os.path.dirname(sys.executable))
+    if script is None:
+        pytest.skip("the `headrank` console script is not installed here (pip install -e . installs it)")
+    for argv in ([script, "--help"], [script, "rerank", "--help"], [script, "rerank"]):
+        started = time.perf_counter()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert time.perf_counter() - started < 2.0, (argv, done.stderr)
+        assert done.returncode in (0, 2)
+    probe = "import sys, pyterrier_headrank, pyterrier_headrank.cli; print(sorted({'torch', 'pandas', " \
+            "'transformers', 'pyterrier'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.stdout.strip() == "[]", done.stderr
 
 
 def test_module_entry_point_runs(tmp_path):

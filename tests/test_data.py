@@ -8,13 +8,19 @@ import os
 import pathlib
 
 import pandas as pd
-import pytest
 import pyterrier as pt
+import pytest
 from ir_measures import RR, nDCG
 
+from pyterrier_headrank.data import (
+    IrdsCollection,
+    SharedCollection,
+    get_collection,
+    join_title,
+    shared_name,
+)
+
 from conftest import SHARED, need
-from pyterrier_headrank.data import (IrdsCollection, SharedCollection, TextLoader, get_collection, join_title,
-                                     shared_name)
 
 DATA = SHARED / "data"
 

@@ -1,12 +1,12 @@
 """HeadRank as a PyTerrier Estimator: fitting alone and inside a pipeline, binary qrels, settings, fusion."""
 import numpy as np
-import pandas as pd
 import pyterrier as pt
 import pytest
 
-import fit_data
 from pyterrier_headrank import HeadRank
 from pyterrier_headrank.fitting import FitSettings, ScoreFusion, candidate_lists, fuse, fusion_weight
+
+import fit_data
 
 
 def _reranker(tiny, **kw):

@@ -9,6 +9,7 @@ import torch
 
 from pyterrier_headrank.baselines import ICR
 from pyterrier_headrank.baselines.icr import filtered_calibrated_sum
+from pyterrier_headrank.compat import eager_attention
 from pyterrier_headrank.heads import HeadSet
 
 from conftest import SHARED, need
@@ -36,13 +37,8 @@ def _filter_reference(query_mass: np.ndarray, calibration_mass: np.ndarray) -> f
 
 def _eager_token_mass(model, ids, query_span):
     """Attention mass per key token, summed over every head of every layer, mean over the query tokens: eager."""
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
-    try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), output_attentions=True)
-    finally:
-        model.config._attn_implementation = previous
+    with torch.no_grad(), eager_attention(model):
+        out = model(input_ids=torch.tensor([ids]), output_attentions=True)
     start, end = query_span
     return sum(a[0, :, start:end].double().mean(1).sum(0) for a in out.attentions).numpy()
 
@@ -58,7 +54,8 @@ def _eager_icr_scores(model, window):
 
 def test_filter_drops_tokens_far_below_the_passage_mean():
     query = torch.tensor([0.3] * 9 + [0.0], dtype=torch.float64)
-    calibration = torch.tensor([0.2] * 9 + [0.9], dtype=torch.float64)  # the last token: a sink that "N/A" attends to much more
+    # the last token: a sink that "N/A" attends to much more
+    calibration = torch.tensor([0.2] * 9 + [0.9], dtype=torch.float64)
     assert float(filtered_calibrated_sum(query, calibration)) == pytest.approx(0.9)
     assert float(filtered_calibrated_sum(query, calibration, filter_tokens=False)) == pytest.approx(0.0, abs=1e-6)
     values = torch.rand(50, generator=torch.Generator().manual_seed(1))

@@ -52,3 +52,20 @@ def test_local_folder_loads_like_the_object(tiny_qwen3, tmp_path):
     from_object = HeadRank(model, tokenizer=tokenizer).rank("what is a cat", texts)
     assert [r["corpus_id"] for r in from_folder] == [r["corpus_id"] for r in from_object]
     assert from_folder[0]["score"] == pytest.approx(from_object[0]["score"], rel=1e-4)
+
+
+def test_loading_is_quiet_unless_verbose(capfd):
+    """No GGUF de-quantisation bar, no transformers log lines, no warnings when verbose=False (the default)."""
+    import warnings
+
+    pytest.importorskip("gguf")
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            load_model("smollm2-135m", device="cpu", dtype=torch.bfloat16)  # a key no other test loads
+        except ImportError as err:
+            pytest.skip(str(err))
+    out, err = capfd.readouterr()
+    assert "de-quantizing" not in err + out and err.strip() == "", err[-2000:]
+    assert [str(w.message) for w in caught] == []

@@ -199,3 +199,53 @@ def test_real_smollm2_reranks_dl21(smollm2):
     evaluated = ir_measures.calc_aggregate([nDCG @ 10], qrels,
                                            out.rename(columns={"qid": "query_id", "docno": "doc_id"}))
     assert 0 <= evaluated[nDCG @ 10] <= 1
+
+
+def test_first_contact_errors_come_at_once_and_name_headrank(reranker, tmp_path):
+    """Each of these used to fail late (after loading, or after other queries were scored) or deep in a library."""
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="HeadRank: device 'cuda' is not available"):
+            HeadRank("smollm2-135m", device="cuda")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ValueError, match="HeadRank: device 'mps' is not available"):
+            HeadRank("smollm2-135m", device="mps")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="HeadRank: folder .* is not a transformers model"):
+        HeadRank(str(tmp_path))
+    with pytest.raises(ValueError, match="HeadRank: unknown model 'smolm2-135m'. Known aliases"):
+        HeadRank("smolm2-135m")
+    from pyterrier_headrank.baselines import ICR, RankGPT
+    with pytest.raises(ValueError, match="^ICR: unknown model"):
+        ICR("smolm2-135m")
+    with pytest.raises(ValueError, match="^RankGPT: device 'cuda'" if not torch.cuda.is_available() else "RankGPT"):
+        RankGPT("smollm2-135m", device="cuda" if not torch.cuda.is_available() else "tpu")
+
+
+def test_nan_qid_is_refused_before_any_query_is_scored():
+    scored = []
+
+    class Recording(HeadRank):
+        def score_lists(self, lists, desc="HeadRank"):
+            scored.append(lists)
+            return super().score_lists(lists, desc)
+
+    frame = pd.concat([_frame(["a cat", "a dog"]), _frame(["a cow"], qid=None)], ignore_index=True)
+    with pytest.raises(ValueError, match=r"Recording: 1 row\(s\) have no qid .* row\(s\) \[2\]"):
+        Recording("smollm2-135m")(frame)
+    assert scored == []
+
+
+def test_missing_text_hints_at_text_field_and_a_text_loader(reranker):
+    frame = _frame(["a cat"]).drop(columns=["text"])
+    with pytest.raises(pt.validate.InputValidationError, match="text_field=.*|text loader"):
+        reranker(frame)
+    with pytest.raises(pt.validate.InputValidationError) as caught:
+        reranker(frame)
+    assert "text loader" in str(caught.value) and "text_field=" in str(caught.value)
+
+
+def test_rank_with_an_empty_query_reads_well(reranker):
+    with pytest.raises(ValueError, match="^HeadRank: the query is empty; HeadRank needs query text to rerank$"):
+        reranker.rank("  ", ["a passage"])

@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fit_data
 from pyterrier_headrank import HeadRank, HeadSet
 from pyterrier_headrank.fitting import candidate_lists
 from pyterrier_headrank.plots import head_map
 from pyterrier_headrank.selection import HeadProfile, default_max_layer, normalised_entropy, profile_heads
+
+import fit_data
 
 
 def _reranker(tiny, **kw):

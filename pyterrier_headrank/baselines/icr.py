@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .. import compat
 from ..attention import AttentionReader
 from ..heads import HeadSet
 from ..models import loaded
@@ -45,7 +46,7 @@ def filtered_calibrated_sum(query_mass: torch.Tensor, calibration_mass: torch.Te
 
 def context_length(model) -> int:
     """The longest prompt a model accepts (``max_position_embeddings`` of its text config)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = compat.text_config(model.config)
     return int(getattr(config, "max_position_embeddings", 4096) or 4096)
 
 
@@ -67,8 +68,6 @@ class ICR(HeadRank):
                  text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens=None, max_window_passages: int = 1000,
                  n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
-        if not isinstance(model, str) and tokenizer is None:
-            raise ValueError("ICR: a loaded model needs its tokenizer: ICR(model, tokenizer=tok)")
         if int(batch_size) < 1 or int(max_passage_tokens) < 1 or int(max_query_tokens) < 1:
             raise ValueError("ICR: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
         if int(n_anchors) < 0 or int(max_window_passages) < int(n_anchors) + 1:
@@ -86,7 +85,7 @@ class ICR(HeadRank):
 
     def _load(self):
         if self._loaded is None and self.max_window_tokens is None:
-            model = loaded(self.model, self.tokenizer, self.device, self.dtype)[0]
+            model = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)[0]
             self.max_window_tokens = context_length(model)
         return super()._load()
 

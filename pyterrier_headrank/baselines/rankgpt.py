@@ -15,7 +15,8 @@ import pandas as pd
 import pyterrier as pt
 import torch
 
-from ..models import loaded, pick_device, pick_dtype
+from .. import compat
+from ..models import check_model_argument, loaded
 from ..prompt import ListwisePrompt
 from ..reranker import rerank_frame
 from .permutation import ParsedPermutation, parse_permutation
@@ -139,10 +140,7 @@ class RankGPT(pt.Transformer):
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
-        if isinstance(model, str):
-            pick_dtype(dtype, pick_device(device))  # fail now on a bad dtype or device
-        elif tokenizer is None:
-            raise ValueError("RankGPT: a loaded model needs its tokenizer: RankGPT(model, tokenizer=tok)")
+        check_model_argument("RankGPT", model, tokenizer, device, dtype)  # fail now, not at first use
         if self.window_size < 2 or not 1 <= self.stride <= self.window_size:
             raise ValueError(f"RankGPT: need window_size >= 2 and 1 <= stride <= window_size, got "
                              f"window_size={self.window_size}, stride={self.stride}")
@@ -161,7 +159,7 @@ class RankGPT(pt.Transformer):
     def _load(self):
         """(model, tokenizer, truncating prompt helper) on first use."""
         if self._loaded is None:
-            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype)
+            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
             self._loaded = (model, tokenizer, ListwisePrompt(tokenizer, self.max_passage_tokens,
                                                              self.max_query_tokens))
         return self._loaded
@@ -180,7 +178,7 @@ class RankGPT(pt.Transformer):
     def _generate(self, prompts: Sequence[List[int]], max_new_tokens: int) -> List[str]:
         """Greedy continuations of left-padded ``prompts``, decoded without special tokens."""
         model, tokenizer, _ = self._load()
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad = compat.pad_token_id(tokenizer)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)

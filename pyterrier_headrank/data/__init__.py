@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Union
 
 from .irds import BEIR_SCIFACT_IDS, IrdsCollection, beir_scifact_source_path, place_beir_scifact
-from .shared import (IRDS_TO_SHARED, SHARED_ENV, SHARED_SPECS, SharedCollection, SharedSpec, data_dir,
-                     shared_dir)
+from .shared import IRDS_TO_SHARED, SHARED_ENV, SHARED_SPECS, SharedCollection, SharedSpec, data_dir, shared_dir
 from .text import TextLoader, join_title
 
 Collection = Union[SharedCollection, IrdsCollection]

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 import pandas as pd
 import pyterrier as pt
 
+from ..frames import add_ranks
 from .shared import SharedCollection
 from .text import TextLoader, check_fields, join_title
 
@@ -114,7 +115,7 @@ class IrdsCollection(pt.datasets.Dataset):
         if not self.irds.has_scoreddocs():
             raise NotImplementedError(f"{self!r} ships no first-stage run")
         run = self.dataset.get_results(variant).astype({"qid": str, "docno": str})
-        run = pt.model.add_ranks(run).merge(self.get_topics(), on="qid", how="left")
+        run = add_ranks(run).merge(self.get_topics(), on="qid", how="left")
         return self.text_loader()(run)
 
     def text_loader(self, fields="text", *, verbose: bool = False, missing: str = "raise") -> TextLoader:
