@@ -249,3 +249,13 @@ def test_missing_text_hints_at_text_field_and_a_text_loader(reranker):
 def test_rank_with_an_empty_query_reads_well(reranker):
     with pytest.raises(ValueError, match="^HeadRank: the query is empty; HeadRank needs query text to rerank$"):
         reranker.rank("  ", ["a passage"])
+
+
+def test_progress_bar_only_when_verbose(tiny_qwen3, capfd):
+    model, tokenizer = tiny_qwen3
+    frame = _frame(["cats purr", "dogs bark"])
+    HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24)(frame)
+    assert capfd.readouterr().err == ""
+    HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, verbose=True)(frame)
+    err = capfd.readouterr().err
+    assert "HeadRank" in err and "window" in err, err
