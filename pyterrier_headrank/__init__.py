@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 #: public name -> the module that defines it
 _EXPORTS = {
     "HeadRank": ".reranker",
+    "HeadRankCache": ".cache",
     "HeadSet": ".heads",
     "FitSettings": ".fitting",
     "selectivity": ".metrics",

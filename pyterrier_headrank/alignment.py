@@ -236,6 +236,17 @@ class Adapter:
         self.state = state
         self._memo = (base, model) if model is not None else None
 
+    def __getstate__(self) -> dict:
+        """Pickled as configuration and weights only; the adapted model is rebuilt where it is used."""
+        state = self.__dict__.copy()
+        state["_memo"] = None
+        return state
+
+    @property
+    def base_model(self) -> Optional[torch.nn.Module]:
+        """The unadapted model this adapter was last applied to (``None`` before the first :meth:`apply`)."""
+        return self._memo[0] if self._memo is not None else None
+
     def apply(self, base: torch.nn.Module) -> torch.nn.Module:
         if self._memo is not None and self._memo[0] is base:
             return self._memo[1]

@@ -109,9 +109,7 @@ def save(reranker, path) -> str:
                              f"save the reranker to another folder")
     reader, _, heads = reranker._load()
     adapter = getattr(reranker, "adapter_", None)
-    base = reader.model
-    if adapter is not None and adapter._memo is not None:
-        base = adapter._memo[0]
+    base = adapter.base_model if adapter is not None and adapter.base_model is not None else reader.model
     folder.mkdir(parents=True, exist_ok=True)
     data = {
         "format_version": FORMAT_VERSION,

@@ -41,7 +41,7 @@ from .alignment import (
     prepare,
     train_adapters,
 )
-from .frames import add_ranks
+from .frames import add_ranks, first_stage_order
 from .selection import MEASURE, profile_heads
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,12 +148,7 @@ def candidate_lists(results: pd.DataFrame, qrels: pd.DataFrame, text_field: str 
         raise ValueError(f"{NEEDS_CANDIDATES} (missing columns: {sorted(missing)})")
     qrels = check_qrels(qrels)
     grades = {(q, d): float(l) for q, d, l in qrels.itertuples(index=False)}
-    frame = results.copy()
-    frame["qid"] = frame["qid"].astype(str)
-    if "rank" in frame.columns:
-        frame = frame.sort_values(["qid", "rank"], kind="stable")
-    elif "score" in frame.columns:
-        frame = frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    frame = first_stage_order(results.astype({"qid": str}))
     lists = []
     for qid, group in frame.groupby("qid", sort=False):
         docnos = group["docno"].astype(str).tolist()

@@ -12,3 +12,15 @@ def add_ranks(frame: pd.DataFrame) -> pd.DataFrame:
     """
     ranks = frame.groupby("qid", sort=False)["score"].rank(ascending=False, method="first")
     return frame.drop(columns=["rank"], errors="ignore").assign(rank=ranks.astype("int64") - 1)
+
+
+def first_stage_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with a fresh 0..n-1 index, sorted by qid and then ``rank`` (else descending ``score``, else as
+    given), stably: the order in which the listwise rerankers (HeadRank, ICR, RankGPT), ``fit`` and the score cache
+    read a candidate list."""
+    frame = frame.reset_index(drop=True)
+    if "rank" in frame.columns:
+        return frame.sort_values(["qid", "rank"], kind="stable")
+    if "score" in frame.columns:
+        return frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    return frame

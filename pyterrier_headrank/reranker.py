@@ -13,7 +13,7 @@ import torch
 
 from . import compat
 from .attention import AttentionReader, model_shape
-from .frames import add_ranks
+from .frames import add_ranks, first_stage_order
 from .heads import HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
@@ -94,6 +94,16 @@ class HeadRank(pt.Estimator):
             if self._loaded is None:
                 self._loaded = self._build()
         return self._loaded
+
+    def __getstate__(self) -> dict:
+        """Pickled without the loaded engine (model weights): a worker of ``.parallel()`` loads it once, lazily.
+
+        A model given as a name travels as that name; a model given as an object travels with it. Fitted heads,
+        adapter weights and settings travel as they are.
+        """
+        state = self.__dict__.copy()
+        state["_loaded"] = None
+        return state
 
     def _build(self):
         """Load the model (shared, see :func:`models.loaded`), apply fitted adapters, and check the heads fit."""
@@ -284,11 +294,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
         out["score"] = pd.Series(dtype="float64")
         out["rank"] = pd.Series(dtype="int64")
         return out
-    out = out.reset_index(drop=True)
-    if "rank" in out.columns:
-        out = out.sort_values(["qid", "rank"], kind="stable")
-    elif "score" in out.columns:
-        out = out.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    out = first_stage_order(out)
     groups = list(out.groupby("qid", sort=False))
     lists = []
     for qid, group in groups:

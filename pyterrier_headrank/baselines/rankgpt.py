@@ -156,6 +156,12 @@ class RankGPT(pt.Transformer):
     def model_name(self) -> str:
         return self.model if isinstance(self.model, str) else type(self.model).__name__
 
+    def __getstate__(self) -> dict:
+        """Pickled without the loaded model: a worker of ``.parallel()`` loads it once, lazily."""
+        state = self.__dict__.copy()
+        state["_loaded"] = None
+        return state
+
     def _load(self):
         """(model, tokenizer, truncating prompt helper) on first use."""
         if self._loaded is None:
