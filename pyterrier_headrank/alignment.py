@@ -46,7 +46,7 @@ from .attention import (
     capturing,
     decoder_layers,
     headrank_attention,
-    stop_after,
+    stop_inside,
 )
 from .heads import HeadSet
 from .prompt import Window
@@ -392,8 +392,7 @@ class AttentionReplay:
     # ---- replay ---------------------------------------------------------------------------------------------------
     def _run_layers(self, hidden: torch.Tensor, kwargs: Dict[str, dict], cache) -> None:
         """Layers ``first..deepest`` on ``hidden``; the deepest one only up to its attention."""
-        deepest = self.layers[self.deepest]
-        with stop_after(getattr(deepest, "self_attn", None)):
+        with stop_inside(self.deepest):
             try:
                 for offset, layer in enumerate(range(self.first, self.deepest + 1)):
                     hidden = compat.call_layer(self.layers[layer], hidden, cache, kwargs[self.types[offset]])
@@ -405,8 +404,7 @@ class AttentionReplay:
         cache = compat.new_cache(self.model)
         with headrank_attention(self.model):
             self._run_layers(item.prefix_hidden, item.prefix_kwargs, cache)
-            if self.calibrate:
-                compat.repeat_cache_rows(cache, 2)
+            cache.freeze(2 if self.calibrate else 1)
             capture = Capture(self.live_index, item.query_weights, item.passage_index, item.num_buckets, False)
             with capturing(capture):
                 self._run_layers(item.suffix_hidden, item.suffix_kwargs, cache)

@@ -10,7 +10,9 @@ How it works, and why this way:
 * A pass is two calls: a prefill of the shared prefix (passages) into a KV cache, then the short suffix (query, and
   the "N/A" calibration query as a second batch row) on top of that cache. Only suffix rows are read, so no
   ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per layer.
-* A forward hook on the deepest selected layer raises :class:`StopForward`: later layers and the LM head never run.
+* The pass ends inside the attention of the deepest selected layer (:func:`stop_inside`): once its keys are cached
+  and its rows read, :class:`StopForward` is raised, so that layer's output projection and MLP, later layers and the
+  LM head never run.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ ATTENTION_NAME = "headrank"
 #: The capture of the pass running in this thread / context; ``None`` outside HeadRank's passes, where the registered
 #: implementation is plain SDPA. A context variable, so concurrent passes on one shared model never see each other's.
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("headrank_capture", default=None)
+#: The layer inside whose attention the pass of this context ends (see :func:`stop_inside`); ``None``: never.
+_STOP_AT: contextvars.ContextVar = contextvars.ContextVar("headrank_stop_at", default=None)
 #: Identifies the pass of this context to its own stop hook (see :func:`stop_after`).
 _PASS_TOKEN: contextvars.ContextVar = contextvars.ContextVar("headrank_pass", default=None)
 
@@ -106,6 +110,10 @@ def _attention_with_capture(module, query, key, value, attention_mask, *args, **
     capture = _ACTIVE.get()
     if capture is not None:
         capture.observe(module, query, key, attention_mask, kwargs.get("scaling"))
+    stop = _STOP_AT.get()
+    if stop is not None and getattr(module, "layer_idx", None) == stop:
+        # the deepest layer needed: its keys are cached and its rows read; its attention output, o_proj and MLP are not
+        raise StopForward()
     return compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)
 
 
@@ -175,6 +183,20 @@ def headrank_attention(model) -> Iterator[None]:
 
 
 @contextmanager
+def stop_inside(layer: Optional[int]) -> Iterator[None]:
+    """End the passes of this context with :class:`StopForward` inside the attention of decoder layer ``layer``.
+
+    By then that layer's keys and values are in the cache and its query rows have been read; its attention output,
+    output projection and MLP, and every later layer, are never computed. ``None``: run every layer.
+    """
+    token = _STOP_AT.set(layer)
+    try:
+        yield
+    finally:
+        _STOP_AT.reset(token)
+
+
+@contextmanager
 def stop_after(module: Optional[torch.nn.Module]) -> Iterator[None]:
     """End the pass of this context with :class:`StopForward` once ``module`` has run (``None``: never).
 
@@ -202,7 +224,7 @@ def stop_after(module: Optional[torch.nn.Module]) -> Iterator[None]:
 class AttentionReader:
     """Runs the two-call (prefill, suffix) truncated pass for a batch of windows and returns a :class:`Readout`.
 
-    Thread-safe: what one pass reads lives in its own context (:func:`capturing`, :func:`stop_after`), not on the
+    Thread-safe: what one pass reads lives in its own context (:func:`capturing`, :func:`stop_inside`), not on the
     shared model, so several readers (threads, rerankers) may use one loaded model at once.
     """
 
@@ -216,9 +238,8 @@ class AttentionReader:
         return next(self.model.parameters()).device
 
     def run(self, stop_layer: Optional[int], cache, **inputs) -> None:
-        """One decoder pass with HeadRank's attention, into ``cache``, ended after layer ``stop_layer`` (if given)."""
-        stop_module = None if stop_layer is None else decoder_layers(self.model)[stop_layer]
-        with headrank_attention(self.model), stop_after(stop_module):
+        """One decoder pass with HeadRank's attention, into ``cache``, ended inside layer ``stop_layer`` (if given)."""
+        with headrank_attention(self.model), stop_inside(stop_layer):
             try:
                 compat.call_decoder(getattr(self.model, "base_model", self.model), cache, **inputs)
             except StopForward:
@@ -236,8 +257,7 @@ class AttentionReader:
         prefix = _Prefix.left_padded(windows, self.pad_token_id)
         cache = compat.new_cache(self.model)
         self.run(stop, cache, **prefix.inputs(self.device))  # 1. the passages, nothing read
-        if rows_per_window > 1:
-            compat.repeat_cache_rows(cache, rows_per_window)
+        cache.freeze(rows_per_window)  # the suffix rows read the passages' keys and values but add none
         parts = [part for w in windows for part in ((w.query, w.calibration) if calibrate else (w.query,))]
         suffix = _Suffix.build(windows, parts, prefix, rows_per_window, self.pad_token_id)
         by_layer = heads.by_layer()

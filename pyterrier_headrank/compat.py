@@ -106,21 +106,47 @@ def pad_token_id(tokenizer) -> int:
 
 # ---- the KV cache and the cache keyword ------------------------------------------------------------------------------
 def new_cache(model: torch.nn.Module):
-    """An empty ``DynamicCache`` laid out for ``model`` (sliding-window layers get sliding layers).
+    """An empty :class:`PrefixCache` laid out for ``model`` (sliding-window layers get sliding layers)."""
+    return _prefix_cache_class()(config=model.config)
 
-    Relies on ``DynamicCache(config=...)`` (5.0-5.24).
-    """
+
+@functools.lru_cache(maxsize=None)
+def _prefix_cache_class():
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    class PrefixCache(DynamicCache):
+        """A ``DynamicCache`` whose content can be frozen after a prefill: a later pass reads the prefix and its own
+        tokens, as with a normal cache, but stores nothing, and may run ``repeats`` rows per prefix row.
 
+        HeadRank prefills the passages once, then runs the query and the "N/A" calibration query as two rows on top.
+        Repeating the whole cache for the second row (``batch_repeat_interleave``) doubled its memory; here the rows
+        are repeated one layer at a time, inside :meth:`update`, and dropped when the layer is done. The layer's own
+        ``update`` builds the states it returns (so sliding-window layers keep their exact semantics); its attributes
+        are then restored, which relies on cache layers rebinding, not mutating, their tensors in ``update``
+        (``DynamicLayer`` and ``DynamicSlidingWindowLayer``, checked on 5.0-5.24; relies on ``DynamicCache(config=)``
+        and ``Cache.layers``).
+        """
 
-def repeat_cache_rows(cache, repeats: int) -> None:
-    """Repeat every batch row of ``cache`` ``repeats`` times in place (row b becomes rows b*r .. b*r+r-1).
+        frozen_repeats = None
 
-    Relies on ``Cache.batch_repeat_interleave`` (used by beam search; 5.0-5.24).
-    """
-    cache.batch_repeat_interleave(repeats)
+        def freeze(self, repeats: int = 1) -> None:
+            self.frozen_repeats = int(repeats)
+
+        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+            if self.frozen_repeats is None:
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            layer = self.layers[layer_idx]
+            saved = dict(vars(layer))
+            try:
+                if self.frozen_repeats > 1 and layer.get_seq_length() > 0:
+                    layer.keys = layer.keys.repeat_interleave(self.frozen_repeats, dim=0)
+                    layer.values = layer.values.repeat_interleave(self.frozen_repeats, dim=0)
+                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+            finally:
+                vars(layer).clear()
+                vars(layer).update(saved)
+
+    return PrefixCache
 
 
 #: The names under which decoders and decoder layers take the KV cache: ``cache`` from transformers 5.24 (where

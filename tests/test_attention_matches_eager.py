@@ -59,19 +59,24 @@ def test_truncated_pass_equals_full_pass(tiny_qwen3):
     torch.testing.assert_close(short.calibration_passage_mass, full.calibration_passage_mass, rtol=1e-5, atol=1e-7)
 
 
-def test_truncated_pass_skips_later_layers(tiny_qwen3):
+def test_truncated_pass_stops_inside_the_deepest_layer(tiny_qwen3):
+    """Heads of layer 1 only: layer 0 runs whole, layer 1 up to its attention (q/k/v projections), no further."""
     model, tokenizer = tiny_qwen3
     reader = AttentionReader(model, pad_token_id=tokenizer.pad_token_id)
     seen = []
-    hooks = [layer.register_forward_hook(lambda m, i, o, n=n: seen.append(n))
-             for n, layer in enumerate(model.model.layers)]
+    modules = {f"layer{n}": layer for n, layer in enumerate(model.model.layers)}
+    modules.update({f"mlp{n}": layer.mlp for n, layer in enumerate(model.model.layers)})
+    modules.update({f"o_proj{n}": layer.self_attn.o_proj for n, layer in enumerate(model.model.layers)})
+    modules.update({f"k_proj{n}": layer.self_attn.k_proj for n, layer in enumerate(model.model.layers)})
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
+             for name, module in modules.items()]
     try:
         with torch.no_grad():
             reader.read(_windows(tokenizer)[:1], HeadSet(((1, 0),)), calibrate=True)
     finally:
         for hook in hooks:
             hook.remove()
-    assert sorted(set(seen)) == [0, 1]
+    assert sorted(set(seen)) == ["k_proj0", "k_proj1", "layer0", "mlp0", "o_proj0"]
 
 
 @pytest.mark.parametrize("calibrate", [False, True])
