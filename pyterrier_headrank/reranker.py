@@ -13,6 +13,7 @@ import torch
 
 from . import compat
 from .attention import AttentionReader, model_shape
+from .batching import plan_batch_size, score_in_batches
 from .frames import add_ranks, first_stage_order
 from .heads import HeadLike, HeadSet
 from .models import check_model_argument, loaded
@@ -46,8 +47,9 @@ class HeadRank(pt.Estimator):
         heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` for the zero-shot default.
         calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
         text_field: the column holding passage text.
-        batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 4 on
-            a GPU and 1 on a CPU, where padded batches measured slower than one window at a time.
+        batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 1 on
+            a CPU, where padded batches measured slower than one window at a time, and on a GPU as many windows as
+            the free memory holds (:mod:`~pyterrier_headrank.batching`; halved and retried on out-of-memory).
         max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens.
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
         max_window_passages: at most this many passages per window.
@@ -152,22 +154,29 @@ class HeadRank(pt.Estimator):
             plans.append(plan)
             jobs += [_Job(i, w, window) for w, window in enumerate(windows)]
         jobs.sort(key=lambda job: len(job.window))  # similar lengths together: less padding
-        window_scores: Dict[Tuple[int, int], np.ndarray] = {}
         weights = torch.tensor(heads.weights)
+        size = self.batch_size or self._planned_batch_size(reader, heads, jobs)
         with torch.inference_mode(), pt.tqdm(total=len(jobs), desc=desc, unit="window",
                                              disable=not self.verbose) as bar:
-            size = self.batch_size or (4 if reader.device.type == "cuda" else 1)
-            for start in range(0, len(jobs), size):
-                batch = jobs[start:start + size]
-                scores = self._score_windows(reader, [job.window for job in batch], heads, weights)
-                for job, row in zip(batch, scores):
-                    window_scores[job.list_index, job.window_index] = row[: job.window.num_passages]
-                bar.update(len(batch))
+            scored = score_in_batches([job.window for job in jobs], size,
+                                      lambda windows: self._score_windows(reader, windows, heads, weights),
+                                      bar.update, type(self).__name__)
+        window_scores: Dict[Tuple[int, int], np.ndarray] = {
+            (job.list_index, job.window_index): scored[i][: job.window.num_passages] for i, job in enumerate(jobs)}
         return [
             merge_window_scores(plan, [window_scores[i, w] for w in range(len(plan))], len(passages), self.n_anchors)
             if passages else np.zeros(0)
             for i, (plan, (_, passages)) in enumerate(zip(plans, lists))
         ]
+
+    @staticmethod
+    def _planned_batch_size(reader: AttentionReader, heads: HeadSet, jobs: Sequence[_Job]) -> int:
+        """``batch_size=None``: 1 on CPU; on GPU as many of the longest windows as free memory holds."""
+        if not jobs:
+            return 1
+        longest = max(len(job.window) for job in jobs)
+        return plan_batch_size(reader.device, reader.model.config, longest, heads.deepest_layer + 1,
+                               next(reader.model.parameters()).dtype)
 
     def _score_windows(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
                        weights: torch.Tensor) -> np.ndarray:
