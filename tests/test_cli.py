@@ -219,6 +219,10 @@ def test_help_for_every_command(capsys):
     for option in ("--model", "--heads", "--fitted", "--cutoff", "--batch-size", "--device", "--output", "--run",
                    "--candidates", "--collection"):
         assert option in text
+    from pyterrier_headrank.cli import build_parser
+
+    args = build_parser().parse_args(["rerank", "--candidates", "c.jsonl", "-o", "x"])
+    assert args.batch_size is None  # HeadRank's own default (1 on CPU), the same as the demo's
 
 
 def test_output_and_device_are_checked_before_any_work(small, tmp_path, capsys):

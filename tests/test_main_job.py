@@ -27,6 +27,7 @@ def test_arguments_and_defaults(job):
     args = job.build_parser().parse_args([])
     assert (args.model, args.dataset, args.cutoff, args.seed) == ("smollm2-135m", "beir/scifact/test", 20, 0)
     assert args.queries == job.DEFAULT_QUERIES > 0
+    assert args.batch_size is None  # HeadRank's own default (1 on CPU), as the README and the CLI say
     args = job.build_parser().parse_args(["--queries", "3", "--cutoff", "5", "--batch-size", "2", "--seed", "7"])
     assert (args.queries, args.cutoff, args.batch_size, args.seed) == (3, 5, 2, 7)
 
@@ -74,3 +75,14 @@ def test_main_job_end_to_end_with_smollm2(job, smollm2, tmp_cache, capsys):
     printed = capsys.readouterr().out
     assert names[1] in printed and names[2] in printed and "nDCG@10" in printed and "mrt" in printed
     assert (tmp_cache / "pisa").is_dir()  # the BM25 index went to the cache folder, not the project
+
+
+def test_without_the_shared_folder_the_job_says_so_in_one_line(job, monkeypatch, tmp_path, capsys):
+    """No shared copy and no network: one line naming the missing folder and HEADRANK_SHARED, not a traceback."""
+    monkeypatch.setenv("HEADRANK_SHARED", str(tmp_path / "nowhere"))
+    with pytest.raises(SystemExit) as stop:
+        job.open_collection("vaswani", "auto")  # (SciFact may already sit in ir_datasets' folder: other tests)
+    message = str(stop.value.code)
+    assert len(message.splitlines()) == 1, message
+    assert str(tmp_path / "nowhere" / "data" / "vaswani") in message and "HEADRANK_SHARED" in message
+    assert capsys.readouterr().err == ""  # ir_datasets' retry log is held back
