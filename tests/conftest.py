@@ -58,6 +58,16 @@ def tiny_qwen3(qwen3_tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_folder(tiny_qwen3, tmp_path_factory):
+    """The tiny Qwen3 saved to a folder: a model given by path, as the CLI and parallel workers load it."""
+    model, tokenizer = tiny_qwen3
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     pytest.importorskip("gguf")
     from pyterrier_headrank.models import load_model

@@ -23,12 +23,8 @@ CUTOFF = 10  # of which the reranker sees these
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_qwen3, tmp_path_factory):
-    model, tokenizer = tiny_qwen3
-    folder = tmp_path_factory.mktemp("tiny-qwen3")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+def model_dir(tiny_qwen3_folder):
+    return tiny_qwen3_folder
 
 
 @pytest.fixture(scope="module")

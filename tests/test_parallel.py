@@ -242,13 +242,9 @@ def test_device_parallel_gives_each_joblib_worker_its_device(gpus):
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tiny_qwen3, tmp_path_factory):
+def tiny_folder(tiny_qwen3_folder):
     """The tiny model saved to a folder: a model given by name, which each worker loads from local disk."""
-    model, tokenizer = tiny_qwen3
-    folder = tmp_path_factory.mktemp("tiny-qwen3")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny_qwen3_folder
 
 
 def test_device_parallel_on_ray_with_a_shared_score_cache(tiny_folder, ray_cluster, tmp_path):
