@@ -15,6 +15,7 @@ from pyterrier_headrank.baselines import ICR, RankGPT
 from pyterrier_headrank.devices import DeviceParallel, on_device, visible_gpus, worker_device
 
 import fit_data
+from conftest import tiny_decoder
 
 
 def test_pickles_without_the_loaded_model(smollm2):
@@ -36,10 +37,18 @@ def test_fitted_reranker_arrives_intact(smollm2):
     np.testing.assert_allclose(copy(frame)["score"], expected["score"], rtol=1e-5)
 
 
-def test_joblib_parallel_equals_sequential(tiny_qwen3):
+@pytest.fixture(scope="module")
+def fresh_tiny(qwen3_tokenizer):
+    """A tiny Qwen3 of this module's own. The session's shared one may have run with ``output_attentions=True`` in
+    other tests, which leaves transformers' output-capturing hooks (local functions) on it: such a model object
+    cannot be pickled, whatever the reranker does (a model given by name or folder is unaffected)."""
+    return tiny_decoder("qwen3"), qwen3_tokenizer
+
+
+def test_joblib_parallel_equals_sequential(fresh_tiny):
     pytest.importorskip("pyterrier_alpha")
     pytest.importorskip("joblib")
-    model, tokenizer = tiny_qwen3
+    model, tokenizer = fresh_tiny
     reranker = HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24)
     frame = fit_data.results()
     sequential = reranker(frame).sort_values(["qid", "docno"]).reset_index(drop=True)
@@ -74,8 +83,8 @@ def _assert_same(out, expected):
 
 
 @pytest.mark.parametrize("kind", ["HeadRank", "ICR", "RankGPT"])
-def test_round_trip_drops_the_engine_and_scores_the_same(tiny_qwen3, kind):
-    reranker = _tiny(kind, tiny_qwen3)
+def test_round_trip_drops_the_engine_and_scores_the_same(fresh_tiny, kind):
+    reranker = _tiny(kind, fresh_tiny)
     frame = fit_data.results(["q1"])
     expected = reranker(frame)                      # loads, so that there is an engine to leave behind
     assert reranker._loaded is not None
@@ -130,8 +139,8 @@ def _timed(what, fn, *args):
 
 
 @pytest.mark.parametrize("kind", ["HeadRank", "ICR"])
-def test_ray_parallel_equals_sequential(tiny_qwen3, ray_cluster, kind):
-    reranker = _tiny(kind, tiny_qwen3)
+def test_ray_parallel_equals_sequential(fresh_tiny, ray_cluster, kind):
+    reranker = _tiny(kind, fresh_tiny)
     frame = fit_data.results()
     sequential = _timed(f"{kind} sequential", reranker, frame)
     with pytest.warns(UserWarning, match="experimental"):
@@ -141,9 +150,9 @@ def test_ray_parallel_equals_sequential(tiny_qwen3, ray_cluster, kind):
     _assert_same(out, sequential)
 
 
-def test_fitted_reranker_arrives_intact_in_ray_workers(tiny_qwen3, ray_cluster):
+def test_fitted_reranker_arrives_intact_in_ray_workers(fresh_tiny, ray_cluster):
     """Heads and adapter travel: a worker's scores equal the fitted reranker's, and differ from the bare heads'."""
-    reranker = _tiny("HeadRank", tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), k=2, max_layer=2, align=True,
+    reranker = _tiny("HeadRank", fresh_tiny).fit(fit_data.results(), fit_data.qrels(), k=2, max_layer=2, align=True,
                                                  epochs=1, cv_folds=0, verbose=False)
     assert reranker.adapter_ is not None and len(reranker.heads) == 2
     copy = pickle.loads(pickle.dumps(reranker))
@@ -155,7 +164,7 @@ def test_fitted_reranker_arrives_intact_in_ray_workers(tiny_qwen3, ray_cluster):
     with pytest.warns(UserWarning, match="experimental"):
         out = _timed("fitted HeadRank .parallel(2, backend='ray')", reranker.parallel(2, backend="ray"), frame)
     _assert_same(out, sequential)
-    no_adapter = _tiny("HeadRank", tiny_qwen3, heads=reranker.heads)(frame)
+    no_adapter = _tiny("HeadRank", fresh_tiny, heads=reranker.heads)(frame)
     assert not np.allclose(_sorted(no_adapter)["score"], _sorted(sequential)["score"])  # the adapter was used
 
 
@@ -199,14 +208,14 @@ def test_worker_device_over_given_devices(gpus):
         worker_device(0, ["gpu7"])
 
 
-def test_on_device_copies_a_named_reranker(tiny_qwen3):
+def test_on_device_copies_a_named_reranker(fresh_tiny):
     fitted = HeadRank("qwen3-0.6b", heads=[(1, 2), (3, 0)], device="cpu")
     moved = on_device(fitted, "cuda:1")   # not loaded here: the device is checked where the model loads
     assert (moved.device, fitted.device) == ("cuda:1", "cpu")
     assert moved.heads == fitted.heads and moved is not fitted and moved._loaded is None
     assert on_device(ICR("qwen3-0.6b"), 2).device == "cuda:2"
     with pytest.raises(ValueError, match="loaded Qwen3ForCausalLM"):
-        on_device(_tiny("HeadRank", tiny_qwen3), "cuda:0")
+        on_device(_tiny("HeadRank", fresh_tiny), "cuda:0")
     with pytest.raises(TypeError, match="build"):
         on_device(pt.Transformer.identity(), "cpu")
 
