@@ -165,7 +165,7 @@ def main():
     common = dict(max_passage_tokens=args.max_passage_tokens, verbose=False)
     zero_shot = HeadRank("smollm2-135m", **common)
     t0 = time.time()
-    zero_shot._load()
+    zero_shot.engine()
     log["model_load_seconds"] = round(time.time() - t0, 1)
     aligned = HeadRank("smollm2-135m", **common)
     settings = FitSettings(k=args.k, lam=args.lam, select_queries=args.select_queries, epochs=args.epochs,

@@ -27,6 +27,7 @@ exceeds the memory budget.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -212,8 +213,8 @@ class Bench:
         ranker = self._HeadRank(self.model, tokenizer=self.tokenizer, batch_size=1,
                                 max_passage_tokens=self.max_passage_tokens, max_window_tokens=self.window_tokens,
                                 max_window_passages=max(n, 4), verbose=False)
-        reader, prompt, heads = ranker._load()
-        plan, windows = ranker._windows_for(prompt, self.query, self.passages[:n])
+        reader, prompt, heads = ranker.engine()
+        plan, windows = ranker.windows(self.query, self.passages[:n])
         if len(windows) != 1:
             raise RuntimeError(f"{n} candidates need {len(windows)} windows with max_window_tokens={self.window_tokens}")
         if windows[0].prefix_ids != self.window(n).prefix_ids or heads != self.heads:
@@ -274,18 +275,31 @@ class Bench:
                 return total[:n].numpy()
             return eager
         if v == "d":
-            from pyterrier_headrank.attention import StopForward, decoder_layers, stop_after
+            from pyterrier_headrank.attention import StopForward, decoder_layers
             window = self.window(n)
             ids = torch.tensor([window.prefix_ids + window.query.ids])
 
             def bare():
-                with torch.inference_mode(), stop_after(decoder_layers(self.model)[self.stop]):
+                with torch.inference_mode(), stop_after(decoder_layers(self.model)[self.stop], StopForward):
                     try:
                         self.base(input_ids=ids, use_cache=False)
                     except StopForward:
                         pass
             return bare
         raise ValueError(v)
+
+
+@contextlib.contextmanager
+def stop_after(module, exception):
+    """End the forward passes inside with ``exception`` once ``module`` has run (the bare pass (d) stops here)."""
+    def stop(*_):
+        raise exception()
+
+    handle = module.register_forward_hook(stop)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _timed(fn):

@@ -107,7 +107,7 @@ def save(reranker, path) -> str:
         if (meta.get("type"), meta.get("format")) != (ARTIFACT_TYPE, ARTIFACT_FORMAT):
             raise ValueError(f"HeadRank: '{folder}' holds a {meta.get('type')}.{meta.get('format')} artifact; "
                              f"save the reranker to another folder")
-    reader, _, heads = reranker._load()
+    reader, _, heads = reranker.engine()
     adapter = getattr(reranker, "adapter_", None)
     base = adapter.base_model if adapter is not None and adapter.base_model is not None else reader.model
     folder.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ How it works, and why this way:
 from __future__ import annotations
 
 import contextvars
+import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterator, Optional, Sequence
@@ -34,8 +36,6 @@ ATTENTION_NAME = "headrank"
 _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("headrank_capture", default=None)
 #: The layer inside whose attention the pass of this context ends (see :func:`stop_inside`); ``None``: never.
 _STOP_AT: contextvars.ContextVar = contextvars.ContextVar("headrank_stop_at", default=None)
-#: Identifies the pass of this context to its own stop hook (see :func:`stop_after`).
-_PASS_TOKEN: contextvars.ContextVar = contextvars.ContextVar("headrank_pass", default=None)
 
 
 class StopForward(Exception):
@@ -91,6 +91,7 @@ class Capture:
         return Readout(passage, None, tokens, None)
 
 
+@torch.compiler.disable  # reads and writes this pass's capture: never traced into a compiled layer's graph
 def _attention_with_capture(module, query, key, value, attention_mask, *args, **kwargs):
     capture = _ACTIVE.get()
     if capture is None:  # not one of HeadRank's passes: plain SDPA
@@ -177,6 +178,23 @@ def model_shape(model) -> tuple:
     return config.num_hidden_layers, config.num_attention_heads
 
 
+def compile_layers(model, deepest: int) -> None:
+    """Compile decoder layers ``0..deepest`` of ``model`` in place (``nn.Module.compile``, dynamic shapes).
+
+    Regional compilation: the layers share one compiled code (they are the same module class), the attention
+    implementation runs uncompiled between the graphs, and a layer already compiled is left as it is.
+    """
+    with _COMPILE_LOCK:
+        for layer in decoder_layers(model)[: deepest + 1]:
+            if layer not in _COMPILED:
+                layer.compile(dynamic=True)
+                _COMPILED.add(layer)
+
+
+_COMPILED: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()  # layers that compile_layers compiled
+_COMPILE_LOCK = threading.Lock()
+
+
 @contextmanager
 def headrank_attention(model) -> Iterator[None]:
     """Run ``model``'s attention through HeadRank's implementation while inside (thread-safe, see compat)."""
@@ -196,31 +214,6 @@ def stop_inside(layer: Optional[int]) -> Iterator[None]:
         yield
     finally:
         _STOP_AT.reset(token)
-
-
-@contextmanager
-def stop_after(module: Optional[torch.nn.Module]) -> Iterator[None]:
-    """End the pass of this context with :class:`StopForward` once ``module`` has run (``None``: never).
-
-    The hook is registered for this pass only and fires only in the context that registered it, so a concurrent pass
-    on the same shared model (another thread, another stop layer) runs on undisturbed.
-    """
-    if module is None:
-        yield
-        return
-    token = object()
-    marker = _PASS_TOKEN.set(token)
-
-    def stop(*_):
-        if _PASS_TOKEN.get() is token:
-            raise StopForward()
-
-    handle = module.register_forward_hook(stop)
-    try:
-        yield
-    finally:
-        handle.remove()
-        _PASS_TOKEN.reset(marker)
 
 
 class AttentionReader:

@@ -49,7 +49,7 @@ from .heads import HeadSet
 #: Bumped when the key or the stored format changes; older entries then simply miss (or the file is refused).
 CACHE_FORMAT = 1
 #: Constructor settings that never change scores, left out of the key.
-NOT_IN_KEY = frozenset({"batch_size", "device", "verbose"})
+NOT_IN_KEY = frozenset({"batch_size", "device", "verbose", "compile"})
 #: Values sampled from each weight tensor of a loaded model for its fingerprint.
 SAMPLES_PER_TENSOR = 32
 #: Tokens sampled from a tokenizer's vocabulary for its fingerprint.

@@ -83,13 +83,6 @@ def attention_implementation(configs: List[object], name: str) -> Iterator[None]
                     del _SWITCHED[id(config)]
 
 
-@contextmanager
-def eager_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Run ``model`` with transformers' eager attention while inside (for ``output_attentions`` references)."""
-    with attention_implementation(attention_configs(model), "eager"):
-        yield
-
-
 # ---- configs ------------------------------------------------------------------------------------------------------
 def text_config(config):
     """The decoder's config: ``config.get_text_config()`` on composite models (Gemma 3), else ``config`` itself."""

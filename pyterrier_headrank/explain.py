@@ -36,63 +36,23 @@ def explain(reranker, query: str, passages: Sequence[str], docnos: Optional[Sequ
 
     A list longer than one prompt window is split as in ranking; ``window`` says which window a passage was read in
     (the anchors: window 0). ``raw`` and ``calibration`` are relative to the other passages of that window, so they
-    compare across windows only roughly; ``score`` is merged onto one scale as in ranking.
+    compare across windows only roughly; ``score`` is merged onto one scale as in ranking. The prompt runs in the
+    reranker's order (``first-stage`` or ``reversed``; ``averaged`` mixes two reads and is refused).
     """
-    from .reranker import HeadRank, _clean_text
-
-    if not isinstance(reranker, HeadRank):
-        raise TypeError(f"explain: needs a HeadRank (or a subclass), got {type(reranker).__name__}")
-    query = _clean_text(query).strip()
-    if not query:
-        raise ValueError("explain: the query is empty; HeadRank needs query text to score passages")
-    texts = [_clean_text(p) for p in passages]
-    if not texts:
-        raise ValueError("explain: no passages to explain")
-    if docnos is not None and len(docnos) != len(texts):
-        raise ValueError(f"explain: {len(texts)} passages but {len(docnos)} docnos")
-    if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"explain: {len(texts)} passages but {len(labels)} labels")
-
-    reader, prompt, heads = reranker._load()
-    plan, windows = reranker._windows_for(prompt, query, texts)
-    weights = torch.tensor(heads.weights, dtype=torch.float64)
-    # a subclass that scores differently (ICR's token filter) keeps its own scores; HeadRank's come from the readout
-    own_scoring = type(reranker)._score_windows is not HeadRank._score_windows
-
-    count = len(texts)
-    raw, calibration, share, calibration_share = (np.full(count, np.nan) for _ in range(4))
-    window_of = np.full(count, -1, dtype=np.int64)
-    window_scores = []
-    with torch.inference_mode():
-        for w, (indices, window) in enumerate(zip(plan, windows)):
-            readout = reader.read([window], heads, calibrate=True)
-            mass = readout.passage_mass[0, :, : window.num_passages].double().cpu()          # [heads, n]
-            cal = readout.calibration_passage_mass[0, :, : window.num_passages].double().cpu()
-            w_raw = torch.einsum("hn,h->n", mass, weights).numpy()
-            w_cal = torch.einsum("hn,h->n", cal, weights).numpy()
-            if own_scoring:
-                scores = reranker._score_windows(reader, [window], heads, torch.tensor(heads.weights))[0]
-                scores = np.asarray(scores, dtype=np.float64)[: window.num_passages]
-            else:  # exactly what HeadRank._score_windows computes
-                scores = readout.scores(torch.tensor(heads.weights), calibrate=reranker.calibrate)[0]
-                scores = scores[: window.num_passages].double().cpu().numpy()
-            window_scores.append(scores)
-            for slot, i in enumerate(indices):
-                if window_of[i] >= 0:  # an anchor: keep what window 0 read, as the merge does
-                    continue
-                window_of[i] = w
-                raw[i], calibration[i] = w_raw[slot], w_cal[slot]
-                share[i], calibration_share[i] = mass[:, slot].mean().item(), cal[:, slot].mean().item()
-    score = merge_window_scores(plan, window_scores, count, reranker.n_anchors)
-    order = np.argsort(-score, kind="stable")
-    rank = np.empty(count, dtype=np.int64)
-    rank[order] = np.arange(count)
-
+    query, texts = _checked(reranker, query, passages, docnos, labels)
+    reader, prompt, heads = reranker.engine()
+    reverse = reranker.order == "reversed"
+    plan, windows = reranker.windows(query, texts, reverse)
+    reads = [_read_window(reranker, reader, window, heads, reverse) for window in windows]
+    columns = _per_passage(plan, reads, len(texts))
+    score = merge_window_scores(plan, [read["score"] for read in reads], len(texts), reranker.n_anchors)
+    rank = np.empty(len(texts), dtype=np.int64)
+    rank[np.argsort(-score, kind="stable")] = np.arange(len(texts))
     frame = pd.DataFrame({
-        "position": np.arange(count),
-        "docno": list(docnos) if docnos is not None else [str(i) for i in range(count)],
-        "window": window_of, "raw": raw, "calibration": calibration, "score": score, "rank": rank,
-        "share": share, "calibration_share": calibration_share,
+        "position": np.arange(len(texts)),
+        "docno": list(docnos) if docnos is not None else [str(i) for i in range(len(texts))],
+        "window": columns.pop("window"), **{k: columns[k] for k in ("raw", "calibration")}, "score": score,
+        "rank": rank, **{k: columns[k] for k in ("share", "calibration_share")},
     })
     if labels is not None:
         frame["label"] = np.asarray(labels, dtype=np.float64)
@@ -100,6 +60,55 @@ def explain(reranker, query: str, passages: Sequence[str], docnos: Optional[Sequ
     frame.attrs.update(query=query, heads=heads.name, num_heads=len(heads), deepest_layer=heads.deepest_layer,
                        windows=len(plan), calibrated=bool(reranker.calibrate), reranker=repr(reranker))
     return frame
+
+
+def _checked(reranker, query, passages, docnos, labels):
+    """(query, passage texts) after the checks that make a bad call fail before any model runs."""
+    from .reranker import HeadRank, clean_text
+
+    if not isinstance(reranker, HeadRank):
+        raise TypeError(f"explain: needs a HeadRank (or a subclass), got {type(reranker).__name__}")
+    if reranker.order == "averaged":
+        raise ValueError("explain: order='averaged' averages two reads of each window; explain one order at a time "
+                         "(reranker.order = 'first-stage' or 'reversed')")
+    query = clean_text(query).strip()
+    if not query:
+        raise ValueError("explain: the query is empty; HeadRank needs query text to score passages")
+    texts = [clean_text(p) for p in passages]
+    if not texts:
+        raise ValueError("explain: no passages to explain")
+    for name, values in (("docnos", docnos), ("labels", labels)):
+        if values is not None and len(values) != len(texts):
+            raise ValueError(f"explain: {len(texts)} passages but {len(values)} {name}")
+    return query, texts
+
+
+def _read_window(reranker, reader, window, heads, reverse: bool) -> dict:
+    """What one window's pass reads, per passage in plan order: weighted raw and calibration mass, mean shares over
+    the heads, and the reranker's own window scores (a subclass such as ICR scores its own way)."""
+    weights = torch.tensor(heads.weights, dtype=torch.float64)
+    n = window.num_passages
+    with torch.inference_mode():
+        readout = reader.read([window], heads, calibrate=True)
+        scores = np.asarray(reranker.window_scores(reader, [window], heads), dtype=np.float64)[0, :n]
+    mass = readout.passage_mass[0, :, :n].double().cpu()  # [heads, n]
+    cal = readout.calibration_passage_mass[0, :, :n].double().cpu()
+    read = {"raw": torch.einsum("hn,h->n", mass, weights).numpy(), "calibration": torch.einsum("hn,h->n", cal, weights)
+            .numpy(), "share": mass.mean(0).numpy(), "calibration_share": cal.mean(0).numpy(), "score": scores}
+    return {k: v[::-1].copy() for k, v in read.items()} if reverse else read
+
+
+def _per_passage(plan, reads, count: int) -> dict:
+    """Each passage's values from the first window that read it (anchors: window 0, as the merge keeps them)."""
+    columns = {k: np.full(count, np.nan) for k in ("raw", "calibration", "share", "calibration_share")}
+    columns["window"] = np.full(count, -1, dtype=np.int64)
+    for w, (indices, read) in enumerate(zip(plan, reads)):
+        for slot, i in enumerate(indices):
+            if columns["window"][i] < 0:
+                columns["window"][i] = w
+                for key in ("raw", "calibration", "share", "calibration_share"):
+                    columns[key][i] = read[key][slot]
+    return columns
 
 
 def explain_results(reranker, results: pd.DataFrame, qid, qrels: Optional[pd.DataFrame] = None) -> pd.DataFrame:
@@ -145,15 +154,7 @@ def plot_attention(explained: pd.DataFrame, ax=None, title: Optional[str] = None
         raise ValueError("plot_attention: pass the frame that explain() returns")
     frame = explained.sort_values("position")
     n = len(frame)
-    score_ax = None
-    if ax is None:
-        if show_score:
-            fig, (ax, score_ax) = plt.subplots(1, 2, figsize=(10, 1.3 + 0.3 * n), sharey=True,
-                                               gridspec_kw={"width_ratios": [3, 2]})
-        else:
-            fig, ax = plt.subplots(figsize=(7, 1.3 + 0.3 * n))
-    else:
-        fig = ax.figure
+    fig, ax, score_ax = _axes(ax, show_score, n)
     relevant = frame["label"].to_numpy() > 0 if "label" in frame.columns else np.zeros(n, dtype=bool)
     colours = np.where(relevant, "tab:orange", "tab:blue")
     y = np.arange(n)
@@ -177,11 +178,7 @@ def plot_attention(explained: pd.DataFrame, ax=None, title: Optional[str] = None
         handles.insert(1, Patch(color="tab:orange", label="relevant"))
     ax.legend(handles=handles, fontsize=7, loc="lower right")
     if score_ax is not None:
-        score_ax.barh(y, frame["score"].to_numpy(), color=colours, alpha=0.85)
-        score_ax.axvline(0, color="black", linewidth=0.8)
-        what = "attention - \"N/A\" attention" if explained.attrs.get("calibrated", True) else "attention"
-        score_ax.set_xlabel(f"score ({what}, weighted sum over heads)", fontsize=8)
-        score_ax.tick_params(axis="x", labelsize=7)
+        _draw_scores(score_ax, y, frame["score"].to_numpy(), colours, explained.attrs.get("calibrated", True))
     query = explained.attrs.get("query", "")
     default = f"{query[:80]}{'...' if len(query) > 80 else ''}\n" \
               f"{explained.attrs.get('num_heads', '?')} heads ({explained.attrs.get('heads', '')})"
@@ -190,3 +187,26 @@ def plot_attention(explained: pd.DataFrame, ax=None, title: Optional[str] = None
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def _axes(ax, show_score: bool, n: int):
+    """(figure, attention axes, score axes or None): new ones sized for ``n`` passages unless ``ax`` is given."""
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax, None
+    if show_score:
+        fig, (ax, score_ax) = plt.subplots(1, 2, figsize=(10, 1.3 + 0.3 * n), sharey=True,
+                                           gridspec_kw={"width_ratios": [3, 2]})
+        return fig, ax, score_ax
+    fig, ax = plt.subplots(figsize=(7, 1.3 + 0.3 * n))
+    return fig, ax, None
+
+
+def _draw_scores(score_ax, y, scores, colours, calibrated: bool) -> None:
+    """The second panel: the reranker's score per passage, which is what orders them."""
+    score_ax.barh(y, scores, color=colours, alpha=0.85)
+    score_ax.axvline(0, color="black", linewidth=0.8)
+    what = "attention - \"N/A\" attention" if calibrated else "attention"
+    score_ax.set_xlabel(f"score ({what}, weighted sum over heads)", fontsize=8)
+    score_ax.tick_params(axis="x", labelsize=7)

@@ -181,13 +181,13 @@ def ndcg10(scores: Dict[str, Tuple[Sequence[str], np.ndarray]], qrels: pd.DataFr
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _windows(reranker, prompt, lists: Sequence[CandidateList]):
+def _windows(reranker, lists: Sequence[CandidateList]):
     """The first prompt window of each list, in the reranker's prompt order, and the candidates it holds (in the
     order of the window's passages)."""
     windows, kept, cut = [], [], 0
     reverse = reranker.order == "reversed"
     for item in lists:
-        plan, wins = reranker._windows_for(prompt, item.query, item.texts, reverse)
+        plan, wins = reranker.windows(item.query, item.texts, reverse)
         windows.append(wins[0])
         kept.append(list(plan[0])[::-1] if reverse else list(plan[0]))
         cut += len(plan) > 1
@@ -200,19 +200,12 @@ def _windows(reranker, prompt, lists: Sequence[CandidateList]):
 
 def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides):
     """Fit ``reranker`` (a :class:`HeadRank`) in place and return it; see the module docstring."""
-    base = getattr(reranker, "fit_settings", None) or FitSettings()
-    settings = base.replace(**overrides)
-    if settings.k < 1:
-        raise ValueError("HeadRank.fit: k must be >= 1")
-    if reranker.order not in ("first-stage", "reversed"):
-        raise ValueError(f"HeadRank.fit: fit trains in one prompt order, 'first-stage' or 'reversed', not "
-                         f"{reranker.order!r}; fit in one of them, then score with order={reranker.order!r} "
-                         f"(reranker.order = {reranker.order!r})")
+    settings = _checked_settings(reranker, overrides)
     started = time.time()
     # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default)
     reranker.adapter_ = None
-    reranker._loaded = None
-    reader, prompt, start_heads = reranker._load()
+    reranker.reset()
+    reader, _, start_heads = reranker.engine()
     train_lists = candidate_lists(train, train_qrels, reranker.text_field)
     train_qrels = check_qrels(train_qrels)
     has_valid = valid is not None
@@ -223,8 +216,8 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
         valid_qrels = check_qrels(valid_qrels, "validation qrels")
     else:
         valid_lists = []
-    train_windows, train_kept = _windows(reranker, prompt, train_lists)
-    valid_windows, valid_kept = _windows(reranker, prompt, valid_lists)
+    train_windows, train_kept = _windows(reranker, train_lists)
+    valid_windows, valid_kept = _windows(reranker, valid_lists)
     summary = {
         "model": reranker.model_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -232,40 +225,59 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
         "train": _describe(train_lists, train_kept),
         "valid": _describe(valid_lists, valid_kept) if has_valid else None,
     }
-
     heads, profile = start_heads, None
     if settings.select:
-        chosen = list(range(len(train_lists)))
-        if settings.select_queries is not None and settings.select_queries < len(chosen):
-            chosen = sorted(np.random.default_rng(settings.seed).choice(len(chosen), settings.select_queries,
-                                                                         replace=False).tolist())
-        t0 = time.time()
-        profile = profile_heads(reader, [train_windows[i] for i in chosen],
-                                [train_lists[i].labels[train_kept[i]] for i in chosen],
-                                [train_lists[i].qid for i in chosen], settings.max_layer, reranker.calibrate,
-                                verbose=settings.verbose)
-        heads = profile.select(settings.k, settings.lam)
-        summary["selection"] = {"queries": len(chosen), "k": settings.k, "lambda": settings.lam,
-                                "max_layer": profile.max_layer, "heads": heads.to_dict(),
-                                "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
-                                "seconds": round(time.time() - t0, 1)}
+        heads, profile, summary["selection"] = _select(reader, settings, train_lists, train_windows, train_kept,
+                                                       reranker.calibrate)
     reranker.heads = heads
-
     if settings.align:
         summary["alignment"] = _align(reranker, reader, heads, settings, train_lists, train_windows, train_kept,
                                       train_qrels, valid_lists, valid_windows, valid_kept, valid_qrels)
     elif has_valid:
-        reranker._loaded = None
-        in_order = [sorted(kept) for kept in valid_kept]  # score_lists takes first-stage order, whatever the prompt's
-        scores = reranker.score_lists([(v.query, [v.texts[j] for j in kept]) for v, kept in
-                                       zip(valid_lists, in_order)], desc="HeadRank validation")
-        summary["valid_ndcg10"] = ndcg10({v.qid: ([v.docnos[j] for j in kept], s) for v, kept, s in
-                                          zip(valid_lists, in_order, scores)}, valid_qrels)
+        reranker.reset()
+        summary["valid_ndcg10"] = _validation_ndcg(reranker, valid_lists, valid_kept, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
     reranker.head_profile_ = profile
     reranker.fit_summary_ = summary
-    reranker._loaded = None
+    reranker.reset()
     return reranker
+
+
+def _checked_settings(reranker, overrides: dict) -> "FitSettings":
+    """The reranker's fit settings with ``overrides``, refused early where they cannot work."""
+    base = getattr(reranker, "fit_settings", None) or FitSettings()
+    settings = base.replace(**overrides)
+    if settings.k < 1:
+        raise ValueError("HeadRank.fit: k must be >= 1")
+    if reranker.order not in ("first-stage", "reversed"):
+        raise ValueError(f"HeadRank.fit: fit trains in one prompt order, 'first-stage' or 'reversed', not "
+                         f"{reranker.order!r}; fit in one of them, then score with order={reranker.order!r} "
+                         f"(reranker.order = {reranker.order!r})")
+    return settings
+
+
+def _select(reader, settings: "FitSettings", lists, windows, kept, calibrate: bool):
+    """(heads, profile, summary) of entropy-regularised selection over (a seeded sample of) the training lists."""
+    chosen = list(range(len(lists)))
+    if settings.select_queries is not None and settings.select_queries < len(chosen):
+        chosen = sorted(np.random.default_rng(settings.seed).choice(len(chosen), settings.select_queries,
+                                                                     replace=False).tolist())
+    t0 = time.time()
+    profile = profile_heads(reader, [windows[i] for i in chosen], [lists[i].labels[kept[i]] for i in chosen],
+                            [lists[i].qid for i in chosen], settings.max_layer, calibrate, verbose=settings.verbose)
+    heads = profile.select(settings.k, settings.lam)
+    summary = {"queries": len(chosen), "k": settings.k, "lambda": settings.lam, "max_layer": profile.max_layer,
+               "heads": heads.to_dict(), "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
+               "seconds": round(time.time() - t0, 1)}
+    return heads, profile, summary
+
+
+def _validation_ndcg(reranker, lists, kept, qrels) -> float:
+    """nDCG@10 of the reranker's normal pass on the validation lists (the candidates each window held)."""
+    in_order = [sorted(k) for k in kept]  # score_lists takes first-stage order, whatever the prompt's order
+    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
+                                  desc="HeadRank validation")
+    return ndcg10({v.qid: ([v.docnos[j] for j in k], s) for v, k, s in zip(lists, in_order, scores)}, qrels)
 
 
 def _describe(lists: Sequence[CandidateList], kept) -> dict:

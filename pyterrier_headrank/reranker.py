@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ import pyterrier as pt
 import torch
 
 from . import compat
-from .attention import AttentionReader, model_shape
+from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .frames import add_ranks, first_stage_order
 from .heads import HeadLike, HeadSet
@@ -27,6 +27,14 @@ HELP_URL = "https://arxiv.org/abs/2604.17237"
 ORDERS = {"first-stage": (False,), "reversed": (True,), "averaged": (False, True)}
 MANY_CANDIDATES = 100
 _LOAD_LOCK = threading.RLock()  # builds a reranker's engine once when threads race to first use
+
+
+class Engine(NamedTuple):
+    """What a reranker scores with: the attention reader (over the loaded model), the prompt builder and the heads."""
+
+    reader: AttentionReader
+    prompt: ListwisePrompt
+    heads: HeadSet
 
 
 @dataclass
@@ -65,6 +73,11 @@ class HeadRank(pt.Estimator):
             each passage's two scores averaged: two passes per window). Small models weigh prompt slots very
             unequally, so this changes scores; ``fit`` trains in the reranker's order and saves it.
         device: ``None`` for CUDA when present, else CPU. dtype: ``"auto"`` for bf16 on GPU, float32 on CPU.
+        compile: compile the decoder layers that the pass runs with ``torch.compile`` (regional compilation,
+            dynamic shapes; HeadRank's attention reading stays outside the compiled graphs). The first query pays
+            the compilation (about 100 s on a CPU for SmolLM2), later ones run faster (see the README's speed
+            section); scores agree to about 1e-6. The loaded model is compiled in place, so other rerankers that
+            share it run compiled too. For long single-process runs; leave it off for short ones and in threads.
         verbose: show a progress bar.
     """
 
@@ -72,7 +85,7 @@ class HeadRank(pt.Estimator):
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
                  n_anchors: int = 3, order: str = "first-stage", device=None, dtype="auto",
-                 verbose: bool = False):
+                 compile: bool = False, verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
         self.tokenizer = tokenizer
@@ -87,6 +100,7 @@ class HeadRank(pt.Estimator):
         self.order = order
         self.device = device
         self.dtype = dtype
+        self.compile = bool(compile)
         self.verbose = verbose
         check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
         if min(1 if self.batch_size is None else self.batch_size, self.max_passage_tokens, self.max_query_tokens) < 1:
@@ -102,14 +116,20 @@ class HeadRank(pt.Estimator):
     def model_name(self) -> str:
         return self.model if isinstance(self.model, str) else type(self.model).__name__
 
-    def _load(self):
-        """(reader, prompt, heads) built on first use (once, also when several threads ask at the same time)."""
+    def engine(self) -> Engine:
+        """What this reranker scores with, built on first use (once, also when several threads ask at the same
+        time): the attention reader over the loaded (and, when fitted, adapted) model, the prompt and the heads."""
         if self._loaded is not None:
             return self._loaded
         with _LOAD_LOCK:
             if self._loaded is None:
                 self._loaded = self._build()
         return self._loaded
+
+    def reset(self) -> None:
+        """Drop the engine; the next use builds it again (after the heads or the adapter changed, as ``fit`` does)."""
+        with _LOAD_LOCK:
+            self._loaded = None
 
     def __getstate__(self) -> dict:
         """Pickled without the loaded engine (model weights): a worker of ``.parallel()`` loads it once, lazily.
@@ -131,12 +151,14 @@ class HeadRank(pt.Estimator):
         num_layers, num_heads = model_shape(model)
         heads = self.heads or self._default_heads(num_layers, num_heads)
         heads.check_fits(num_layers, num_heads)
+        if self.compile:
+            compile_layers(model, heads.deepest_layer)
         smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
             (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
         if self.max_window_tokens < smallest:
             raise ValueError(f"HeadRank: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
                              f"{self.n_anchors} anchors and one passage; use at least {smallest}")
-        return reader, prompt, heads
+        return Engine(reader, prompt, heads)
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         """The heads used when none are given (subclasses such as ICR change this)."""
@@ -145,13 +167,15 @@ class HeadRank(pt.Estimator):
     @property
     def head_set(self) -> HeadSet:
         """The heads in use (the zero-shot default once the model is known)."""
-        return self._load()[2]
+        return self.engine().heads
 
     # ---- scoring ------------------------------------------------------------------------------------------------
-    def _windows_for(self, prompt: ListwisePrompt, query: str, passages: Sequence[str],
-                     reverse: bool = False) -> Tuple[List[List[int]], List[Window]]:
-        """(plan, windows): the candidates of each window (first-stage order), and its prompt, whose passages run in
-        the plan's order, or backwards when ``reverse`` (passage ``j`` of the prompt is then ``plan[w][-1 - j]``)."""
+    def windows(self, query: str, passages: Sequence[str],
+                reverse: bool = False) -> Tuple[List[List[int]], List[Window]]:
+        """(plan, windows) for one list of ``passages`` in first-stage order: the candidates of each window (in
+        first-stage order), and its prompt, whose passages run in the plan's order, or backwards when ``reverse``
+        (passage ``j`` of the prompt is then ``plan[w][-1 - j]``)."""
+        prompt = self.engine().prompt
         part = prompt.query_part(query)
         texts, counts = prompt.truncate_passages(passages)
         budget = self.max_window_tokens - prompt.overhead_tokens(part)
@@ -161,14 +185,14 @@ class HeadRank(pt.Estimator):
 
     def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "HeadRank") -> List[np.ndarray]:
         """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
-        reader, prompt, heads = self._load()
+        reader, prompt, heads = self.engine()
         plans, jobs = [], []
         for i, (query, passages) in enumerate(lists):
             if not passages:
                 plans.append([])
                 continue
             for reverse in ORDERS[self.order]:
-                plan, windows = self._windows_for(prompt, query, passages, reverse)
+                plan, windows = self.windows(query, passages, reverse)
                 jobs += [_Job(i, w, window, reverse) for w, window in enumerate(windows)]
             plans.append(plan)
         jobs.sort(key=lambda job: len(job.window))  # similar lengths together: less padding
@@ -177,7 +201,7 @@ class HeadRank(pt.Estimator):
         with torch.inference_mode(), pt.tqdm(total=len(jobs), desc=desc, unit="window",
                                              disable=not self.verbose) as bar:
             scored = score_in_batches([job.window for job in jobs], size,
-                                      lambda windows: self._score_windows(reader, windows, heads, weights),
+                                      lambda windows: self.window_scores(reader, windows, heads, weights),
                                       bar.update, type(self).__name__)
         window_scores: Dict[Tuple[int, int], np.ndarray] = {}
         for i, job in enumerate(jobs):  # in plan order, averaged over the prompt orders
@@ -200,9 +224,11 @@ class HeadRank(pt.Estimator):
         return plan_batch_size(reader.device, reader.model.config, longest, heads.deepest_layer + 1,
                                next(reader.model.parameters()).dtype)
 
-    def _score_windows(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
-                       weights: torch.Tensor) -> np.ndarray:
-        """Scores ``[windows, passages]`` of one batch of windows (subclasses such as ICR change this)."""
+    def window_scores(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
+                      weights: Optional[torch.Tensor] = None) -> np.ndarray:
+        """Scores ``[windows, passages]`` of one batch of windows, passages in each window's prompt order, with the
+        head set's weights unless ``weights`` are given (subclasses such as ICR score their own way)."""
+        weights = torch.tensor(heads.weights) if weights is None else weights
         readout = reader.read(windows, heads, calibrate=self.calibrate)
         return readout.scores(weights, calibrate=self.calibrate).float().cpu().numpy()
 
@@ -213,7 +239,7 @@ class HeadRank(pt.Estimator):
         ``passages`` should be in first-stage order (it decides the windows and the anchors of long lists).
         """
         query = _clean_query(query, "the query")
-        texts = [_clean_text(p) for p in passages]
+        texts = [clean_text(p) for p in passages]
         (scores,) = self.score_lists([(query, texts)])
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
@@ -276,7 +302,7 @@ class HeadRank(pt.Estimator):
         return f"HeadRank({self.model_name!r}, {heads}{order})"
 
 
-def _clean_text(text) -> str:
+def clean_text(text) -> str:
     """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking)."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return ""
@@ -285,7 +311,7 @@ def _clean_text(text) -> str:
 
 def _clean_query(query, what: str, name: str = "HeadRank") -> str:
     """``what`` names the query in the error, e.g. "the query" or "the query of qid '7'"."""
-    text = _clean_text(query).strip()
+    text = clean_text(query).strip()
     if not text:
         raise ValueError(f"{name}: {what} is empty; {name} needs query text to rerank")
     return text
@@ -341,7 +367,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
             warnings.warn(f"{name}: qid {qid!r} has duplicate docnos; each row is scored on its own.",
                           stacklevel=2)
         lists.append((_clean_query(queries[0], f"the query of qid {qid!r}", name),
-                      [_clean_text(t) for t in group[reranker.text_field]]))
+                      [clean_text(t) for t in group[reranker.text_field]]))
     scores = reranker.score_lists(lists)
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels

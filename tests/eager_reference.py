@@ -1,8 +1,17 @@
 """Reference scores from eager attention with ``output_attentions``: the slow, obvious computation."""
+from contextlib import contextmanager
+
 import torch
 
-from pyterrier_headrank.compat import eager_attention
+from pyterrier_headrank.compat import attention_configs, attention_implementation
 from pyterrier_headrank.prompt import Window
+
+
+@contextmanager
+def eager_attention(model):
+    """Run ``model`` with transformers' eager attention while inside (for ``output_attentions`` references)."""
+    with attention_implementation(attention_configs(model), "eager"):
+        yield
 
 
 def eager_scores(model, window: Window, heads, calibrate: bool) -> torch.Tensor:

@@ -64,11 +64,11 @@ def test_reranker_recovers_from_a_simulated_oom(tiny_qwen3):
     sizes = []
 
     class SmallGpu(HeadRank):
-        def _score_windows(self, reader, windows, heads, weights):
+        def window_scores(self, reader, windows, heads, weights):
             sizes.append(len(windows))
             if len(windows) > 1:
                 raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return super()._score_windows(reader, windows, heads, weights)
+            return super().window_scores(reader, windows, heads, weights)
 
     frame = fit_data.results()
     expected = HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, batch_size=1)(frame)

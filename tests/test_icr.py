@@ -9,10 +9,10 @@ import torch
 
 from pyterrier_headrank.baselines import ICR
 from pyterrier_headrank.baselines.icr import filtered_calibrated_sum
-from pyterrier_headrank.compat import eager_attention
 from pyterrier_headrank.heads import HeadSet
 
 from conftest import SHARED, need
+from eager_reference import eager_attention
 
 PASSAGES = [
     "Cats are small carnivorous mammals, often kept as pets in many households around the world.",
@@ -78,10 +78,10 @@ def test_icr_matches_eager_attention_with_token_filter(tiny_qwen3):
     icr = ICR(model, tokenizer=tokenizer, max_passage_tokens=24, batch_size=2)
     lists = [(QUERY, PASSAGES), ("stock market news", PASSAGES[:2][::-1] + ["a"])]
     got = icr.score_lists(lists)
-    _, prompt, _ = icr._load()
+    _, prompt, _ = icr.engine()
     filtered_something = False
     for (query, passages), scores in zip(lists, got):
-        (plan,), (window,) = icr._windows_for(prompt, query, passages)
+        (plan,), (window,) = icr.windows(query, passages)
         assert plan == list(range(len(passages))), "one window holds the whole list"
         expected = _eager_icr_scores(model, window)
         assert np.abs(expected).max() > 1e-4
@@ -96,8 +96,8 @@ def test_icr_without_calibration_is_plain_attention_mass(tiny_qwen3):
     model, tokenizer = tiny_qwen3
     icr = ICR(model, tokenizer=tokenizer, calibrate=False, max_passage_tokens=24)
     (scores,) = icr.score_lists([(QUERY, PASSAGES)])
-    _, prompt, _ = icr._load()
-    _, (window,) = icr._windows_for(prompt, QUERY, PASSAGES)
+    _, prompt, _ = icr.engine()
+    _, (window,) = icr.windows(QUERY, PASSAGES)
     prefix = list(window.prefix_ids)
     mass = _eager_token_mass(model, prefix + window.query.ids, [len(prefix) + i for i in window.query.span])
     np.testing.assert_allclose(scores, [mass[a:b].sum() for a, b in window.passage_spans], rtol=1e-4, atol=1e-6)
@@ -107,8 +107,8 @@ def test_long_list_is_split_and_every_candidate_scored(tiny_qwen3):
     model, tokenizer = tiny_qwen3
     passages = [f"passage number {i} about cats and dogs and other animals" for i in range(12)]
     icr = ICR(model, tokenizer=tokenizer, max_passage_tokens=16, max_window_tokens=260, n_anchors=2)
-    _, prompt, _ = icr._load()
-    plan, _ = icr._windows_for(prompt, QUERY, passages)
+    _, prompt, _ = icr.engine()
+    plan, _ = icr.windows(QUERY, passages)
     assert len(plan) > 1
     (scores,) = icr.score_lists([(QUERY, passages)])
     assert scores.shape == (12,) and np.isfinite(scores).all()
@@ -163,8 +163,8 @@ def test_smollm2_icr_matches_eager_and_reranks_dl21(smollm2):
     model, tokenizer = smollm2
     icr = ICR("smollm2-135m", device="cpu", max_passage_tokens=20)
     (scores,) = icr.score_lists([(QUERY, PASSAGES[:4])])
-    _, prompt, _ = icr._load()
-    _, (window,) = icr._windows_for(prompt, QUERY, PASSAGES[:4])
+    _, prompt, _ = icr.engine()
+    _, (window,) = icr.windows(QUERY, PASSAGES[:4])
     np.testing.assert_allclose(scores, _eager_icr_scores(model, window), rtol=2e-3, atol=1e-4)
     assert scores[2] > scores[1], "the passage on cat domestication beats the stock market one"
 

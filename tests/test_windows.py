@@ -39,7 +39,7 @@ def test_hundred_and_twenty_candidates_on_the_tiny_model(tiny_qwen3):
     frame = pd.DataFrame({"qid": "q1", "query": "cat and dog", "docno": [f"d{i}" for i in range(120)],
                           "text": texts, "score": np.linspace(10, 1, 120)})
     reranker = HeadRank(model, tokenizer=tokenizer, max_window_tokens=600, max_passage_tokens=40, batch_size=3)
-    windows = reranker._windows_for(reranker._load()[1], "cat and dog", texts)[0]
+    windows = reranker.windows("cat and dog", texts)[0]
     assert len(windows) > 3
     with pytest.warns(UserWarning, match="120 candidates"):
         out = reranker(frame)

@@ -12,7 +12,7 @@ is split into HeadRank's shared-anchor windows (ICR itself would slide windows, 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -83,19 +83,20 @@ class ICR(HeadRank):
         self.token_filter = bool(token_filter)
         self.max_window_tokens = None if max_window_tokens is None else int(max_window_tokens)  # None until loaded
 
-    def _load(self):
+    def engine(self):
         if self._loaded is None and self.max_window_tokens is None:
             model = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)[0]
             self.max_window_tokens = context_length(model)
-        return super()._load()
+        return super().engine()
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         return HeadSet.all_heads(num_layers, num_heads)
 
-    def _score_windows(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
-                       weights: torch.Tensor) -> np.ndarray:
+    def window_scores(self, reader: AttentionReader, windows: Sequence[Window], heads: HeadSet,
+                      weights: Optional[torch.Tensor] = None) -> np.ndarray:
+        weights = torch.tensor(heads.weights) if weights is None else weights
         if not self.calibrate:  # the uncalibrated variant: plain attention mass per passage
-            return super()._score_windows(reader, windows, heads, weights)
+            return super().window_scores(reader, windows, heads, weights)
         readout = reader.read(windows, heads, calibrate=True, keep_tokens=True)
         weights = weights.to(readout.token_mass)
         query = torch.einsum("bhk,h->bk", readout.token_mass, weights).cpu()  # summed over all heads and layers
