@@ -43,7 +43,8 @@ from ir_measures import nDCG  # noqa: E402
 from pyterrier_headrank import HeadRank, HeadSet  # noqa: E402
 from pyterrier_headrank.data import get_collection  # noqa: E402
 from pyterrier_headrank.first_stage import bm25  # noqa: E402
-from pyterrier_headrank.fitting import FitSettings, fuse, fusion_weight  # noqa: E402
+from pyterrier_headrank.fitting import FitSettings  # noqa: E402
+from pyterrier_headrank.fusion import fuse, fusion_weight  # noqa: E402
 from pyterrier_headrank.metrics import selectivity_table  # noqa: E402
 from pyterrier_headrank.plots import head_map  # noqa: E402
 
@@ -127,7 +128,7 @@ def load_data(args, log):
 
 def check_saved(args, out_dir):
     """Reload a saved reranker; its validation nDCG@10 through the normal pass must equal fit's (replayed) best."""
-    from pyterrier_headrank.fitting import ndcg10
+    from pyterrier_headrank.metrics import ndcg10
 
     log = json.loads((out_dir / "fit.json").read_text())
     _, valid_res, train_qrels, _ = load_data(args, {})

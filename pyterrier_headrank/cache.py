@@ -73,14 +73,18 @@ def text_digest(text) -> str:
     return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def candidate_list_key(scorer: str, query: str, docnos: Sequence[str], texts: Sequence) -> str:
+def candidate_list_key(scorer: str, query: str, docnos: Sequence[str], texts: Sequence,
+                       first_stage: Optional[Sequence[float]] = None) -> str:
     """The cache key of one candidate list: SHA-256 of the scorer fingerprint (:func:`scorer_fingerprint`), the
-    query text as given, and the ``(docno, hash of passage text)`` pairs in first-stage order.
+    query text as given, and the ``(docno, hash of passage text)`` pairs in first-stage order; and the first stage's
+    scores when the scorer fuses with them (``fuse``).
 
     Listwise scores depend on every part of this: the scorer, the query, which passages are in the list, their
     texts, and their order (windows, anchors and position bias all follow the first-stage order).
     """
     payload = [CACHE_FORMAT, scorer, str(query), [[str(d), text_digest(t)] for d, t in zip(docnos, texts)]]
+    if first_stage is not None:
+        payload.append([float(x).hex() for x in first_stage])
     return hashlib.sha256(json.dumps(payload, separators=(",", ":")).encode("ascii")).hexdigest()
 
 
@@ -345,9 +349,10 @@ class CandidateList:
     rows: np.ndarray
     docnos: List[str]
     texts: list
+    first_stage: Optional[List[float]] = None  # the first stage's scores, when the scorer fuses with them
 
     def key(self, scorer: str) -> str:
-        return candidate_list_key(scorer, self.query, self.docnos, self.texts)
+        return candidate_list_key(scorer, self.query, self.docnos, self.texts, self.first_stage)
 
 
 def check_frame(inp, text_field: str) -> None:
@@ -372,10 +377,12 @@ def check_frame(inp, text_field: str) -> None:
             raise ValueError(f"HeadRankCache: the query of qid {qid!r} is empty or missing ({values[0]!r})")
 
 
-def candidate_lists(frame: pd.DataFrame, text_field: str) -> List[CandidateList]:
-    """The candidate lists of a frame already in :func:`first_stage_order`, one per qid."""
+def candidate_lists(frame: pd.DataFrame, text_field: str, with_scores: bool = False) -> List[CandidateList]:
+    """The candidate lists of a frame already in :func:`first_stage_order`, one per qid (with the first stage's
+    scores when ``with_scores``)."""
     return [CandidateList(qid, group["query"].iloc[0], group.index.to_numpy(), [str(d) for d in group["docno"]],
-                          list(group[text_field]))
+                          list(group[text_field]),
+                          pd.to_numeric(group["score"], errors="coerce").tolist() if with_scores else None)
             for qid, group in frame.groupby("qid", sort=False)]
 
 
@@ -430,7 +437,8 @@ class HeadRankCache(pt.Transformer):
             out["rank"] = pd.Series(dtype="int64")
             return out
         frame = first_stage_order(inp)
-        lists = candidate_lists(frame, self.text_field)
+        fuses = getattr(_scoring_target(self.reranker), "fuse", None) is not None and "score" in frame.columns
+        lists = candidate_lists(frame, self.text_field, with_scores=fuses)
         scorer = scorer_fingerprint(self.reranker)
         keys = [c.key(scorer) for c in lists]
         scores = self._lookup(lists, keys)

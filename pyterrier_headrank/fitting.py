@@ -22,7 +22,7 @@ import datetime
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -41,8 +41,10 @@ from .alignment import (
     prepare,
     train_adapters,
 )
-from .frames import add_ranks, first_stage_order
-from .selection import MEASURE, profile_heads
+from .frames import first_stage_order
+from .fusion import best_weight
+from .metrics import ndcg10
+from .selection import profile_heads
 
 # ----------------------------------------------------------------------------------------------------------------
 # settings
@@ -63,6 +65,8 @@ class FitSettings:
     Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
     model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
     ``cv_folds`` (cross-fitting folds when no validation data is given; 0 or 1 = train ``epochs`` epochs).
+    Fusion: ``fuse`` (choose the weight of the first stage's score, :mod:`~pyterrier_headrank.fusion`, on the
+    validation queries, which it then needs, and set it on the reranker; False leaves ``reranker.fuse`` as it is).
     """
 
     select: bool = True
@@ -88,6 +92,7 @@ class FitSettings:
     hard_negatives: int = AlignSettings.hard_negatives
     patience: int = AlignSettings.patience
     cv_folds: int = 3
+    fuse: bool = False
     seed: int = AlignSettings.seed
     verbose: bool = True
 
@@ -162,20 +167,6 @@ def candidate_lists(results: pd.DataFrame, qrels: pd.DataFrame, text_field: str 
     return lists
 
 
-def ndcg10(scores: Dict[str, Tuple[Sequence[str], np.ndarray]], qrels: pd.DataFrame) -> float:
-    """Mean nDCG@10 (ir_measures) of runs given as ``{qid: (docnos, scores)}``, against full ``qrels``."""
-    import ir_measures
-
-    rows = [(q, d, float(s)) for q, (docnos, values) in scores.items() for d, s in zip(docnos, values)]
-    run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
-    judged = qrels[qrels["qid"].isin(scores.keys())]
-    qrels_ir = pd.DataFrame({"query_id": judged["qid"], "doc_id": judged["docno"],
-                             "relevance": judged["label"].astype(int)})
-    values = {row.query_id: row.value for row in ir_measures.iter_calc([ir_measures.parse_measure(MEASURE)],
-                                                                        qrels_ir, run)}
-    return float(np.mean([values.get(q, 0.0) for q in scores])) if scores else float("nan")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # fit
 # ----------------------------------------------------------------------------------------------------------------
@@ -200,7 +191,7 @@ def _windows(reranker, lists: Sequence[CandidateList]):
 
 def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides):
     """Fit ``reranker`` (a :class:`HeadRank`) in place and return it; see the module docstring."""
-    settings = _checked_settings(reranker, overrides)
+    settings = _checked_settings(reranker, overrides, valid is not None)
     started = time.time()
     # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default)
     reranker.adapter_ = None
@@ -236,6 +227,9 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     elif has_valid:
         reranker.reset()
         summary["valid_ndcg10"] = _validation_ndcg(reranker, valid_lists, valid_kept, valid_qrels)
+    if settings.fuse:
+        reranker.reset()
+        reranker.fuse, summary["fusion"] = _fusion_weight(reranker, valid_lists, valid_kept, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
     reranker.head_profile_ = profile
     reranker.fit_summary_ = summary
@@ -243,12 +237,16 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     return reranker
 
 
-def _checked_settings(reranker, overrides: dict) -> "FitSettings":
+def _checked_settings(reranker, overrides: dict, has_validation: bool) -> "FitSettings":
     """The reranker's fit settings with ``overrides``, refused early where they cannot work."""
     base = getattr(reranker, "fit_settings", None) or FitSettings()
     settings = base.replace(**overrides)
     if settings.k < 1:
         raise ValueError("HeadRank.fit: k must be >= 1")
+    if settings.fuse and not has_validation:
+        raise ValueError("HeadRank.fit: fuse=True chooses the fusion weight on validation queries; pass them "
+                         "(fit(train, train_qrels, valid_results, valid_qrels)) or set the weight yourself "
+                         "(HeadRank(..., fuse=0.5))")
     if reranker.order not in ("first-stage", "reversed"):
         raise ValueError(f"HeadRank.fit: fit trains in one prompt order, 'first-stage' or 'reversed', not "
                          f"{reranker.order!r}; fit in one of them, then score with order={reranker.order!r} "
@@ -270,6 +268,16 @@ def _select(reader, settings: "FitSettings", lists, windows, kept, calibrate: bo
                "heads": heads.to_dict(), "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
                "seconds": round(time.time() - t0, 1)}
     return heads, profile, summary
+
+
+def _fusion_weight(reranker, lists, kept, qrels) -> Tuple[float, dict]:
+    """The fusion weight with the best validation nDCG@10 (ties: more attention), and what was measured."""
+    in_order = [sorted(k) for k in kept]
+    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
+                                  desc="HeadRank fusion weight")
+    weight, table = best_weight([(v.qid, [v.docnos[j] for j in k], v.first_stage[k], s)
+                                 for v, k, s in zip(lists, in_order, scores)], lambda runs: ndcg10(runs, qrels))
+    return weight, {"weight": weight, "valid_ndcg10_by_weight": dict(zip(table["weight"], table["ndcg10"].round(4)))}
 
 
 def _validation_ndcg(reranker, lists, kept, qrels) -> float:
@@ -365,62 +373,3 @@ def _cross_fit(replay, items, qrels, align: AlignSettings, settings: FitSettings
         curves.append([r["valid"] for r in result.history])
     mean = np.mean(np.array(curves, dtype=np.float64), axis=0)
     return int(np.argmax(mean)), mean.tolist()
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# fusion with the first-stage score
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _zscore(values: pd.Series, groups: pd.Series) -> pd.Series:
-    mean = values.groupby(groups).transform("mean")
-    std = values.groupby(groups).transform("std", ddof=0).replace(0, 1.0).fillna(1.0)
-    return (values - mean) / std
-
-
-def fuse(first_stage: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd.DataFrame:
-    """``weight * z(first-stage score) + (1 - weight) * z(reranker score)``, z-scores per query; re-ranked."""
-    first = first_stage[["qid", "docno", "score"]].rename(columns={"score": "first_stage_score"})
-    first = first.astype({"qid": str, "docno": str})
-    out = reranked.astype({"qid": str, "docno": str}).merge(first, on=["qid", "docno"], how="left")
-    if out["first_stage_score"].isna().any():
-        raise ValueError("HeadRank fusion: some reranked documents are not in the first-stage results")
-    out["score"] = weight * _zscore(out["first_stage_score"], out["qid"]) + \
-        (1 - weight) * _zscore(out["score"].astype(float), out["qid"])
-    out = out.drop(columns=["first_stage_score", "rank"], errors="ignore")
-    return add_ranks(out).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
-
-
-def fusion_weight(first_stage: pd.DataFrame, reranked: pd.DataFrame, qrels: pd.DataFrame,
-                  grid: Sequence[float] = tuple(np.round(np.linspace(0, 1, 11), 2))) -> Tuple[float, pd.DataFrame]:
-    """The fusion weight with the best mean nDCG@10 on (validation) ``qrels``; ties go to the smaller weight.
-
-    Returns the weight and a table of nDCG@10 per weight.
-    """
-    qrels = check_qrels(qrels)
-    rows = []
-    for w in grid:
-        fused = fuse(first_stage, reranked, float(w))
-        runs = {q: (g["docno"].tolist(), g["score"].to_numpy()) for q, g in fused.groupby("qid")}
-        rows.append({"weight": float(w), "ndcg10": ndcg10(runs, qrels)})
-    table = pd.DataFrame(rows)
-    best = table.loc[table["ndcg10"].idxmax(), "weight"]
-    return float(best), table
-
-
-class ScoreFusion(pt.Transformer):
-    """Runs ``reranker`` and fuses its score with the incoming first-stage ``score`` (see :func:`fuse`)."""
-
-    def __init__(self, reranker: pt.Transformer, weight: float):
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError("HeadRank fusion: weight must be within [0, 1]")
-        self.reranker = reranker
-        self.weight = float(weight)
-
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        if "score" not in inp.columns:
-            raise ValueError("HeadRank fusion: the input needs the first stage's 'score' column")
-        return fuse(inp, self.reranker.transform(inp), self.weight)
-
-    def __repr__(self) -> str:
-        return f"ScoreFusion({self.reranker!r}, weight={self.weight:g})"

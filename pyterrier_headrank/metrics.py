@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, Sequence, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -106,3 +106,17 @@ def selectivity_table(systems: Union[Dict[str, pd.DataFrame], Sequence[pd.DataFr
         raise ValueError("HeadRank selectivity: one name per system")
     rows = [{"name": name, **selectivity(frame, first_stage, qrels).as_dict()} for name, frame in zip(names, frames)]
     return pd.DataFrame(rows)
+
+
+def ndcg10(scores: Dict[str, Tuple[Sequence[str], np.ndarray]], qrels: pd.DataFrame) -> float:
+    """Mean nDCG@10 (ir_measures) of runs given as ``{qid: (docnos, scores)}``, against full ``qrels``."""
+    import ir_measures
+
+    rows = [(q, d, float(s)) for q, (docnos, values) in scores.items() for d, s in zip(docnos, values)]
+    run = pd.DataFrame(rows, columns=["query_id", "doc_id", "score"])
+    judged = qrels[qrels["qid"].isin(scores.keys())]
+    qrels_ir = pd.DataFrame({"query_id": judged["qid"], "doc_id": judged["docno"],
+                             "relevance": judged["label"].astype(int)})
+    values = {row.query_id: row.value for row in ir_measures.iter_calc([ir_measures.parse_measure("nDCG@10")],
+                                                                        qrels_ir, run)}
+    return float(np.mean([values.get(q, 0.0) for q in scores])) if scores else float("nan")

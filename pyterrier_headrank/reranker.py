@@ -15,6 +15,7 @@ from . import compat
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .frames import add_ranks, first_stage_order
+from .fusion import check_weight, fuse_scores
 from .heads import HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
@@ -73,6 +74,11 @@ class HeadRank(pt.Estimator):
             each passage's two scores averaged: two passes per window). Small models weigh prompt slots very
             unequally, so this changes scores; ``fit`` trains in the reranker's order and saves it.
         device: ``None`` for CUDA when present, else CPU. dtype: ``"auto"`` for bf16 on GPU, float32 on CPU.
+        fuse: ``None`` (default) ranks by attention alone; a weight ``w`` in [0, 1] ranks by
+            ``w * z(first-stage score) + (1 - w) * z(attention score)``, z-scores within each query's list
+            (:mod:`~pyterrier_headrank.fusion`). The input then needs the first stage's ``score`` column;
+            :meth:`rank` has none and uses the passages' order (``-position``) instead. ``fit(..., fuse=True)``
+            chooses the weight on validation queries, and saved folders keep it.
         compile: compile the decoder layers that the pass runs with ``torch.compile`` (regional compilation,
             dynamic shapes; HeadRank's attention reading stays outside the compiled graphs). The first query pays
             the compilation (about 100 s on a CPU for SmolLM2), later ones run faster (see the README's speed
@@ -85,7 +91,7 @@ class HeadRank(pt.Estimator):
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
                  n_anchors: int = 3, order: str = "first-stage", device=None, dtype="auto",
-                 compile: bool = False, verbose: bool = False):
+                 fuse: Optional[float] = None, compile: bool = False, verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
         self.tokenizer = tokenizer
@@ -100,6 +106,7 @@ class HeadRank(pt.Estimator):
         self.order = order
         self.device = device
         self.dtype = dtype
+        self.fuse = check_weight(fuse, type(self).__name__)
         self.compile = bool(compile)
         self.verbose = verbose
         check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
@@ -236,11 +243,14 @@ class HeadRank(pt.Estimator):
              return_documents: bool = False) -> List[dict]:
         """Rank ``passages`` for ``query`` without PyTerrier: ``[{"corpus_id", "score"(, "text")}]``, best first.
 
-        ``passages`` should be in first-stage order (it decides the windows and the anchors of long lists).
+        ``passages`` should be in first-stage order (it decides the windows and the anchors of long lists, and with
+        ``fuse`` it is the first-stage ranking that the attention scores are fused with).
         """
         query = _clean_query(query, "the query")
         texts = [clean_text(p) for p in passages]
         (scores,) = self.score_lists([(query, texts)])
+        if self.fuse is not None:  # no first-stage scores here: the given order stands in for them
+            scores = fuse_scores(-np.arange(len(texts), dtype=np.float64), scores, self.fuse)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -299,7 +309,8 @@ class HeadRank(pt.Estimator):
     def __repr__(self) -> str:
         heads = f"{len(self.heads)} heads" if self.heads is not None else "zero-shot heads"
         order = "" if self.order == "first-stage" else f", order={self.order!r}"
-        return f"HeadRank({self.model_name!r}, {heads}{order})"
+        fuse = "" if self.fuse is None else f", fuse={self.fuse:g}"
+        return f"HeadRank({self.model_name!r}, {heads}{order}{fuse})"
 
 
 def clean_text(text) -> str:
@@ -332,6 +343,11 @@ def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) ->
                 f"reranker (`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> {name}(...)`), or name the column "
                 f"that holds the text with {name}(..., text_field='body').")
         raise pt.validate.InputValidationError(err.args[0] + hint, err.modes) from None
+    if getattr(reranker, "fuse", None) is not None and len(inp) and (
+            "score" not in inp.columns or pd.to_numeric(inp["score"], errors="coerce").isna().any()):
+        raise ValueError(f"{name}: fuse={reranker.fuse:g} fuses with the first stage's score, but the input has "
+                         f"{'no score column' if 'score' not in inp.columns else 'rows without a numeric score'}; "
+                         f"rerank a first stage's results, or use fuse=None")
     if inp["qid"].isna().any():
         rows = inp.index[inp["qid"].isna()].tolist()
         raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
@@ -369,6 +385,10 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
         lists.append((_clean_query(queries[0], f"the query of qid {qid!r}", name),
                       [clean_text(t) for t in group[reranker.text_field]]))
     scores = reranker.score_lists(lists)
+    weight = getattr(reranker, "fuse", None)
+    if weight is not None:
+        scores = [fuse_scores(group["score"].to_numpy(dtype=np.float64), s, weight)
+                  for (_, group), s in zip(groups, scores)]
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)

@@ -4,7 +4,8 @@ import pyterrier as pt
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.fitting import FitSettings, ScoreFusion, candidate_lists, fuse, fusion_weight
+from pyterrier_headrank.fitting import FitSettings, candidate_lists
+from pyterrier_headrank.fusion import ScoreFusion, fuse, fusion_weight
 
 import fit_data
 
