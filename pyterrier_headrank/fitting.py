@@ -45,6 +45,7 @@ from .frames import first_stage_order
 from .fusion import best_weight
 from .metrics import ndcg10
 from .selection import profile_heads
+from .slots import learn_slot_bias
 
 # ----------------------------------------------------------------------------------------------------------------
 # settings
@@ -65,6 +66,8 @@ class FitSettings:
     Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
     model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
     ``cv_folds`` (cross-fitting folds when no validation data is given; 0 or 1 = train ``epochs`` epochs).
+    Position bias: ``slot_correction`` (learn the per-slot correction, :mod:`~pyterrier_headrank.slots`, on the
+    training lists and set it on the reranker; False leaves ``reranker.slot_bias`` as it is).
     Fusion: ``fuse`` (choose the weight of the first stage's score, :mod:`~pyterrier_headrank.fusion`, on the
     validation queries, which it then needs, and set it on the reranker; False leaves ``reranker.fuse`` as it is).
     """
@@ -92,6 +95,7 @@ class FitSettings:
     hard_negatives: int = AlignSettings.hard_negatives
     patience: int = AlignSettings.patience
     cv_folds: int = 3
+    slot_correction: bool = False
     fuse: bool = False
     seed: int = AlignSettings.seed
     verbose: bool = True
@@ -227,6 +231,10 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     elif has_valid:
         reranker.reset()
         summary["valid_ndcg10"] = _validation_ndcg(reranker, valid_lists, valid_kept, valid_qrels)
+    if settings.slot_correction:
+        reranker.reset()
+        reranker.slot_bias = None
+        reranker.slot_bias = summary["slot_bias"] = _slot_bias(reranker, train_lists, train_kept)
     if settings.fuse:
         reranker.reset()
         reranker.fuse, summary["fusion"] = _fusion_weight(reranker, valid_lists, valid_kept, valid_qrels)
@@ -278,6 +286,17 @@ def _fusion_weight(reranker, lists, kept, qrels) -> Tuple[float, dict]:
     weight, table = best_weight([(v.qid, [v.docnos[j] for j in k], v.first_stage[k], s)
                                  for v, k, s in zip(lists, in_order, scores)], lambda runs: ndcg10(runs, qrels))
     return weight, {"weight": weight, "valid_ndcg10_by_weight": dict(zip(table["weight"], table["ndcg10"].round(4)))}
+
+
+def _slot_bias(reranker, lists, kept) -> tuple:
+    """The per-slot correction learned from the training lists only, on the fitted reranker's own scores."""
+    in_order = [sorted(k) for k in kept]
+    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
+                                  desc="HeadRank slot correction")
+    reverse = reranker.order == "reversed"
+    in_prompt = [(s[::-1], v.labels[k][::-1]) if reverse else (s, v.labels[k])
+                 for v, k, s in zip(lists, in_order, scores)]
+    return learn_slot_bias([s for s, _ in in_prompt], [labels for _, labels in in_prompt])
 
 
 def _validation_ndcg(reranker, lists, kept, qrels) -> float:

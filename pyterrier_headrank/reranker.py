@@ -19,6 +19,7 @@ from .fusion import check_weight, fuse_scores
 from .heads import HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
+from .slots import check_slot_bias, corrected
 from .windows import merge_window_scores, plan_windows
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
@@ -79,6 +80,10 @@ class HeadRank(pt.Estimator):
             (:mod:`~pyterrier_headrank.fusion`). The input then needs the first stage's ``score`` column;
             :meth:`rank` has none and uses the passages' order (``-position``) instead. ``fit(..., fuse=True)``
             chooses the weight on validation queries, and saved folders keep it.
+        slot_bias: a per-slot correction of position bias (:mod:`~pyterrier_headrank.slots`): the expected score
+            of an irrelevant passage in each slot bin, subtracted from every window's scores before they are
+            merged. ``None`` (default): no correction. ``fit(..., slot_correction=True)`` learns it on the
+            training lists, and saved folders keep it.
         compile: compile the decoder layers that the pass runs with ``torch.compile`` (regional compilation,
             dynamic shapes; HeadRank's attention reading stays outside the compiled graphs). The first query pays
             the compilation (about 100 s on a CPU for SmolLM2), later ones run faster (see the README's speed
@@ -91,7 +96,8 @@ class HeadRank(pt.Estimator):
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
                  n_anchors: int = 3, order: str = "first-stage", device=None, dtype="auto",
-                 fuse: Optional[float] = None, compile: bool = False, verbose: bool = False):
+                 fuse: Optional[float] = None, slot_bias: Optional[Sequence[float]] = None, compile: bool = False,
+                 verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
         self.tokenizer = tokenizer
@@ -107,6 +113,7 @@ class HeadRank(pt.Estimator):
         self.device = device
         self.dtype = dtype
         self.fuse = check_weight(fuse, type(self).__name__)
+        self.slot_bias = check_slot_bias(slot_bias, type(self).__name__)
         self.compile = bool(compile)
         self.verbose = verbose
         check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
@@ -212,7 +219,7 @@ class HeadRank(pt.Estimator):
                                       bar.update, type(self).__name__)
         window_scores: Dict[Tuple[int, int], np.ndarray] = {}
         for i, job in enumerate(jobs):  # in plan order, averaged over the prompt orders
-            scores = np.asarray(scored[i][: job.window.num_passages], dtype=np.float64)
+            scores = corrected(scored[i][: job.window.num_passages], self.slot_bias)  # prompt order
             scores = scores[::-1] if job.reversed else scores
             key = (job.list_index, job.window_index)
             window_scores[key] = window_scores.get(key, 0.0) + scores / len(ORDERS[self.order])
