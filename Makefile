@@ -7,7 +7,8 @@ TORCH ?= torch==2.13.0
 LOWEST := .venv-lowest
 # the core suite run again on the lowest declared releases (.ci/constraints-lowest.txt)
 LOWEST_TESTS := tests/test_compat.py tests/test_attention_matches_eager.py tests/test_alignment.py \
-	tests/test_reranker.py tests/test_threads.py tests/test_fit.py tests/test_artifact.py
+	tests/test_reranker.py tests/test_threads.py tests/test_fit.py tests/test_artifact.py tests/test_layout.py \
+	tests/test_order.py tests/test_fusion.py tests/test_slots.py
 
 .PHONY: setup demo test lint test-lowest benchmark
 setup: $(VENV)/.installed
