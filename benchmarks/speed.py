@@ -652,8 +652,9 @@ def report_notes(max_passage_tokens: int, models: dict, rows: list) -> list:
         "on the tensors alive. 'malloc_mmap_threshold' in the JSON says which allocator setting a run used.",
         f"The {os.cpu_count()} cores were shared with other jobs ({load}): a run that has to wait for the "
         "cores takes longer in wall clock, and with 2 threads every small op can wait for a scheduler slice, which "
-        "costs (a) (two passes, a few hundred more small ops) more than (d). Read wall-clock ratios next to the "
-        "paired and CPU-time ratios; the CPU time also counts threads spinning while they wait.",
+        "costs (a) (a few hundred more small ops: the suffix SDPA calls and the reading) more than (d). Read "
+        "wall-clock ratios next to the paired and CPU-time ratios; the CPU time also counts threads spinning while "
+        "they wait.",
         "Qwen3-0.6B has random weights built from its config: cost equals the real model's; its scores mean nothing.",
         "Every measurement runs in a fresh process (forked from a server that has only imported torch and "
         "transformers), which loads a saved copy of the weights (memory-mapped safetensors, every page touched before "
@@ -719,7 +720,7 @@ def orchestrate(args) -> None:
         "host": {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
                  "torch": torch.__version__, "transformers": transformers.__version__,
                  "mem_total_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB, 1)},
-        "gpu": "none in this session (CPU only): the Qwen3-4B bf16 GPU row could not be run.",
+        "gpu": "CPU only: the GPU rows are benchmarks/gpu_speed.py (results/gpu_speed.md).",
         "settings": {"malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default (dynamic)"),
                      "sizes": args.sizes, "reps": args.reps, "warmup": args.warmup,
                      "cold_check": args.cold_check, "torch_threads": args.threads,

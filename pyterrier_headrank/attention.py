@@ -52,28 +52,20 @@ class Capture:
         self.passage_mass: Dict[int, torch.Tensor] = {}  # layer -> [B*R, h, passages + 1]
         self.token_mass: Dict[int, torch.Tensor] = {}    # layer -> [B*R, h, T]
 
-    def observe(self, module, query: torch.Tensor, key: torch.Tensor, scaling: Optional[float],
-                sliding_window: Optional[int]) -> None:
-        """Read the suffix rows of the selected heads of this layer (if it has any): softmax over all columns."""
-        heads = self.heads_by_layer.get(getattr(module, "layer_idx", None))
+    def observe(self, layer: int, probs: torch.Tensor) -> None:
+        """Read the selected heads of ``layer`` (if it has any) from the suffix rows' attention ``[B, H, S, T]``."""
+        heads = self.heads_by_layer.get(layer)
         if heads is None:
             return
         layout = self.layout
-        groups = query.shape[1] // key.shape[1]
-        q = query[:, heads, layout.prefix_width:].float()                    # [B, h, S, d]
-        k = key[:, torch.div(heads, groups, rounding_mode="floor")].float()  # [B, h, T, d]
-        scale = scaling if scaling is not None else q.shape[-1] ** -0.5
-        logits = torch.matmul(q, k.transpose(-1, -2)) * scale                # [B, h, S, T]
-        logits = logits.masked_fill(~layout.suffix_mask(sliding_window), float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
         # mean over the tokens of each text (query, calibration): [B, R, h, T], then rows b0r0, b0r1, b1r0...
-        tokens = torch.einsum("bhst,brs->brht", probs, layout.query_weights).flatten(0, 1)
+        tokens = torch.einsum("bhst,brs->brht", probs[:, heads], layout.query_weights).flatten(0, 1)
         index = layout.passage_index.repeat_interleave(layout.rows_per_window, 0)
         buckets = tokens.new_zeros(tokens.shape[0], tokens.shape[1], layout.num_passages + 1)
         buckets.scatter_add_(2, index[:, None, :].expand_as(tokens), tokens)
-        self.passage_mass[module.layer_idx] = buckets
+        self.passage_mass[layer] = buckets
         if self.keep_tokens:
-            self.token_mass[module.layer_idx] = tokens
+            self.token_mass[layer] = tokens
 
     def readout(self, heads: HeadSet, num_passages: int, calibrate: bool) -> "Readout":
         """What was read, heads back in the head set's order; rows alternate query / calibration when calibrated."""
@@ -96,28 +88,48 @@ def _attention_with_capture(module, query, key, value, attention_mask, *args, **
     capture = _ACTIVE.get()
     if capture is None:  # not one of HeadRank's passes: plain SDPA
         return compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)
-    capture.observe(module, query, key, kwargs.get("scaling"), kwargs.get("sliding_window"))
+    layout = capture.layout
+    probs = suffix_attention(query[:, :, layout.prefix_width:], key, layout.suffix_mask(kwargs.get("sliding_window")),
+                             kwargs.get("scaling"))
+    capture.observe(getattr(module, "layer_idx", None), probs)
     stop = _STOP_AT.get()
     if stop is not None and getattr(module, "layer_idx", None) == stop:
         # the deepest layer needed: its rows are read; its attention output, o_proj and MLP are not computed
         raise StopForward()
-    return _attend(capture.layout, module, query, key, value, attention_mask, *args, **kwargs)
+    # the model's own SDPA over every row (its mask, or none: SDPA's causal fast path), then the suffix rows, which
+    # must not see the other part (query or calibration), from their own attention above
+    output, _ = compat.sdpa_attention(module, query, key, value, attention_mask, *args, **kwargs)  # [B, T, H, d]
+    suffix = suffix_output(probs, value)
+    if torch.is_grad_enabled():  # training replays: out of place, for autograd
+        return torch.cat([output[:, : layout.prefix_width], suffix], dim=1), None
+    output[:, layout.prefix_width:] = suffix
+    return output, None
 
 
-def _attend(layout: Layout, module, query, key, value, attention_mask, *args, **kwargs):
-    """The layer's attention output over a :class:`Layout`, in two SDPA calls.
+def suffix_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor,
+                     scaling: Optional[float]) -> torch.Tensor:
+    """Softmax attention ``[B, H, S, T]`` (float32) of the suffix rows ``query`` ``[B, H, S, d]`` over every key
+    ``[B, KV, T, d]``, under ``mask`` ``[B, 1, S, T]`` (True: visible).
 
-    The passages' columns are ordinary causal rows (the model's own mask, sliced, or none at all so that SDPA takes
-    its causal fast path); the few suffix columns use the layout's mask, so that the query and calibration parts
-    never see each other.
+    Grouped key/value heads are used as they are (each KV head serves its ``H / KV`` query heads), never repeated:
+    memory is the ``S x T`` rows only.
     """
-    width = layout.prefix_width
-    prefix_mask = None if attention_mask is None else attention_mask[..., :width, :width]
-    prefix, _ = compat.sdpa_attention(module, query[:, :, :width], key[:, :, :width], value[:, :, :width],
-                                      prefix_mask, *args, **kwargs)
-    suffix_mask = layout.suffix_mask(kwargs.get("sliding_window"))
-    suffix, _ = compat.sdpa_attention(module, query[:, :, width:], key, value, suffix_mask, *args, **kwargs)
-    return torch.cat([prefix, suffix], dim=1), None
+    batch, heads, rows, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    grouped = query.float().reshape(batch, kv_heads, groups * rows, dim)
+    logits = torch.matmul(grouped, key.float().transpose(-1, -2)).view(batch, kv_heads, groups, rows, -1) * scale
+    logits = logits.masked_fill(~mask[:, :, None], float("-inf"))
+    return torch.softmax(logits, dim=-1).view(batch, heads, rows, -1)
+
+
+def suffix_output(probs: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """The attention output ``[B, S, H, d]`` of the suffix rows from their attention ``probs`` ``[B, H, S, T]``."""
+    batch, heads, rows, keys = probs.shape
+    kv_heads = value.shape[1]
+    grouped = probs.to(value.dtype).reshape(batch, kv_heads, heads // kv_heads * rows, keys)
+    return torch.matmul(grouped, value).view(batch, heads, rows, -1).transpose(1, 2)
 
 
 compat.register_attention(ATTENTION_NAME, _attention_with_capture)
