@@ -3,13 +3,15 @@
 How it works, and why this way:
 
 * transformers dispatches every attention layer through its ``AttentionInterface``. We register one more
-  implementation, ``"headrank"``, that calls the stock SDPA kernel for the layer's output and, at the selected
-  layers only, also computes the softmax rows of the *suffix* tokens (the query part) for the selected heads. Those
-  rows see the real post-RoPE queries and keys, grouped key/value heads and the model's own mask (causal, padding,
-  sliding window). No model file is forked; any standard decoder (Llama, Qwen2/3, Gemma 3...) works.
+  implementation, ``"headrank"``, that calls the stock SDPA kernel for the layer's output, and computes the softmax
+  rows of the *suffix* tokens (query and calibration parts) once more under the layout's mask
+  (:func:`suffix_attention`): those rows serve the reading of the selected heads and replace the suffix rows of the
+  output. They see the real post-RoPE queries and keys, grouped key/value heads (not repeated) and the model's own
+  masking rules (causal, padding, sliding window). No model file is forked; any standard decoder (Llama, Qwen2/3,
+  Gemma 3...) works.
 * A pass is one call, with no KV cache: the passages, then the query part and the "N/A" calibration part side by
   side at the same positions, kept from seeing each other by a mask (:mod:`.layout`). Only those suffix rows are
-  read, so no ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per selected layer.
+  read, so no ``L x L`` matrix is ever built: memory is ``heads x suffix x L`` per layer.
 * The pass ends inside the attention of the deepest selected layer (:func:`stop_inside`): once its rows are read,
   :class:`StopForward` is raised, so that layer's attention output, output projection and MLP, later layers and the
   LM head never run.
