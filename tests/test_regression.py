@@ -1,0 +1,28 @@
+"""Pinned regression figures (as pyterrier_t5's tests/test_regression.py): the shipped fit on two SciFact test
+queries, Pyserini BM25 top 20. A change that moves any score in the 4th decimal, or any of the top five docnos,
+fails here; if the change is intended, re-measure and re-pin in the same commit, saying why."""
+import pytest
+
+from pyterrier_headrank import HeadRank
+
+from conftest import SHARED, need
+
+#: qid -> the top five (docno, score) of HeadRank.from_pretrained("smollm2-135m-scifact") over BM25 top 20.
+PINNED = {
+    "1": [("10608397", 0.1504), ("14827874", 0.1157), ("121581019", 0.0867), ("3770726", 0.0837), ("27049238", 0.0723)],
+    "3": [("14717500", 0.2568), ("3672261", 0.1882), ("2739854", 0.1360), ("13519661", 0.1076), ("20280410", 0.0980)],
+}
+
+
+def test_shipped_fit_on_two_scifact_queries(smollm2):
+    need(SHARED / "data" / "beir-scifact" / "run.bm25.pyserini-flat.txt")
+    from pyterrier_headrank.data import get_collection
+
+    collection = get_collection("beir-scifact")
+    results = collection.get_results()
+    candidates = results[results["qid"].isin(list(PINNED)) & (results["rank"] < 20)]
+    reranked = HeadRank.from_pretrained("smollm2-135m-scifact", device="cpu")(collection.text_loader()(candidates))
+    for qid, expected in PINNED.items():
+        top = reranked[reranked["qid"] == qid].sort_values("rank").head(5)
+        assert list(top["docno"]) == [d for d, _ in expected], f"qid {qid}: the top five changed"
+        assert list(top["score"]) == pytest.approx([s for _, s in expected], abs=5e-5), f"qid {qid}: scores moved"
