@@ -104,10 +104,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", default=str(speed.RESULTS))
-    args = parser.parse_args(argv)
-    if not speed.CANDIDATES.exists():
-        sys.exit(f"{speed.CANDIDATES} is missing (set HEADRANK_SHARED to the shared folder)")
-    print(write(run(args), pathlib.Path(args.out_dir)))
+    speed.run_report(parser, run, write, argv)
 
 
 if __name__ == "__main__":

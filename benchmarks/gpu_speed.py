@@ -174,10 +174,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="2-layer cuts of the shapes (checks the code path)")
     parser.add_argument("--out-dir", default=str(speed.RESULTS))
-    args = parser.parse_args(argv)
-    if not speed.CANDIDATES.exists():
-        sys.exit(f"{speed.CANDIDATES} is missing (set HEADRANK_SHARED to the shared folder)")
-    print(write(run(args), pathlib.Path(args.out_dir)))
+    speed.run_report(parser, run, write, argv)
 
 
 if __name__ == "__main__":

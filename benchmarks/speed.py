@@ -779,6 +779,15 @@ def render(path: pathlib.Path, out_dir, supplements=()) -> None:
     print(write_report(report, out_dir or path.parent))
 
 
+def run_report(parser: argparse.ArgumentParser, run, write, argv=None) -> None:
+    """For the other benchmark scripts: parse the command line, check the shared candidates are there, run, then
+    write and print the report (``write(report, out_dir)`` returns its text)."""
+    args = parser.parse_args(argv)
+    if not CANDIDATES.exists():
+        sys.exit(f"{CANDIDATES} is missing (set HEADRANK_SHARED to the shared folder)")
+    print(write(run(args), pathlib.Path(args.out_dir)))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 candidates, 1 repetition")
