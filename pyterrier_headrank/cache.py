@@ -264,6 +264,20 @@ class ScoreStore:
         with self.connect() as db:
             self._init_schema(db)
 
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the file: sqlite answers "locked" at once, without its
+        busy handler, when two connections change the journal mode of a new file at the same moment."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                text = str(err).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection in autocommit mode (transactions are explicit), closed afterwards; errors name the file."""
@@ -271,7 +285,7 @@ class ScoreStore:
         try:
             db = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None)
             db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-            db.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(db)
             db.execute("PRAGMA synchronous = NORMAL")
             yield db
         except sqlite3.DatabaseError as err:

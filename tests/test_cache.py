@@ -2,6 +2,7 @@
 import multiprocessing
 import os
 import sqlite3
+import threading
 
 import numpy as np
 import pandas as pd
@@ -372,3 +373,28 @@ def test_inside_pt_experiment(counting, tmp_path):
     assert table["ndcg_cut_5"].nunique() == 1 and table["map"].nunique() == 1
     assert pt.inspect.transformer_inputs(cache) == [["qid", "query", "docno", "text"]]
     assert repr(cache).startswith("HeadRankCache(HeadRank(")
+
+
+def _open_store(path, barrier, errors):
+    from pyterrier_headrank.cache import ScoreStore
+
+    barrier.wait()
+    try:
+        ScoreStore(path)
+    except Exception as err:  # collected, then asserted empty
+        errors.append(err)
+
+
+def test_many_connections_opening_a_new_file_at_once(tmp_path):
+    """sqlite answers "locked" at once (without its busy handler) when two connections switch a new file to WAL at
+    the same moment; opening must wait its turn instead of failing (this failed one CI run of the two-process test)."""
+    for attempt in range(5):
+        path = tmp_path / f"new-{attempt}.sqlite"
+        barrier, errors = threading.Barrier(8), []
+
+        threads = [threading.Thread(target=_open_store, args=(path, barrier, errors)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
