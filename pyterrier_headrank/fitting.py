@@ -278,11 +278,17 @@ def _select(reader, settings: "FitSettings", lists, windows, kept, calibrate: bo
     return heads, profile, summary
 
 
+def _scored(reranker, lists, kept, desc: str):
+    """The candidates each first window held, in first-stage order (what ``score_lists`` takes, whatever the prompt
+    order), and the reranker's scores of them through its normal pass."""
+    in_order = [sorted(k) for k in kept]
+    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)], desc=desc)
+    return in_order, scores
+
+
 def _fusion_weight(reranker, lists, kept, qrels) -> Tuple[float, dict]:
     """The fusion weight with the best validation nDCG@10 (ties: more attention), and what was measured."""
-    in_order = [sorted(k) for k in kept]
-    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
-                                  desc="HeadRank fusion weight")
+    in_order, scores = _scored(reranker, lists, kept, "HeadRank fusion weight")
     weight, table = best_weight([(v.qid, [v.docnos[j] for j in k], v.first_stage[k], s)
                                  for v, k, s in zip(lists, in_order, scores)], lambda runs: ndcg10(runs, qrels))
     return weight, {"weight": weight, "valid_ndcg10_by_weight": dict(zip(table["weight"], table["ndcg10"].round(4)))}
@@ -290,9 +296,7 @@ def _fusion_weight(reranker, lists, kept, qrels) -> Tuple[float, dict]:
 
 def _slot_bias(reranker, lists, kept) -> tuple:
     """The per-slot correction learned from the training lists only, on the fitted reranker's own scores."""
-    in_order = [sorted(k) for k in kept]
-    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
-                                  desc="HeadRank slot correction")
+    in_order, scores = _scored(reranker, lists, kept, "HeadRank slot correction")
     reverse = reranker.order == "reversed"
     in_prompt = [(s[::-1], v.labels[k][::-1]) if reverse else (s, v.labels[k])
                  for v, k, s in zip(lists, in_order, scores)]
@@ -301,9 +305,7 @@ def _slot_bias(reranker, lists, kept) -> tuple:
 
 def _validation_ndcg(reranker, lists, kept, qrels) -> float:
     """nDCG@10 of the reranker's normal pass on the validation lists (the candidates each window held)."""
-    in_order = [sorted(k) for k in kept]  # score_lists takes first-stage order, whatever the prompt's order
-    scores = reranker.score_lists([(v.query, [v.texts[j] for j in k]) for v, k in zip(lists, in_order)],
-                                  desc="HeadRank validation")
+    in_order, scores = _scored(reranker, lists, kept, "HeadRank validation")
     return ndcg10({v.qid: ([v.docnos[j] for j in k], s) for v, k, s in zip(lists, in_order, scores)}, qrels)
 
 
