@@ -228,20 +228,17 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     if settings.align:
         summary["alignment"] = _align(reranker, reader, heads, settings, train_lists, train_windows, train_kept,
                                       train_qrels, valid_lists, valid_windows, valid_kept, valid_qrels)
-    elif has_valid:
-        reranker.reset()
+    reranker.reset()  # from here on the engine holds the chosen heads and the fitted adapter
+    if has_valid and not settings.align:
         summary["valid_ndcg10"] = _validation_ndcg(reranker, valid_lists, valid_kept, valid_qrels)
     if settings.slot_correction:
-        reranker.reset()
-        reranker.slot_bias = None
+        reranker.slot_bias = None  # learned on uncorrected scores
         reranker.slot_bias = summary["slot_bias"] = _slot_bias(reranker, train_lists, train_kept)
     if settings.fuse:
-        reranker.reset()
         reranker.fuse, summary["fusion"] = _fusion_weight(reranker, valid_lists, valid_kept, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
     reranker.head_profile_ = profile
     reranker.fit_summary_ = summary
-    reranker.reset()
     return reranker
 
 
