@@ -41,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="beir/scifact/test",
                         help=f"an ir_datasets id, served from the shared folder when it holds a copy; or a shared "
                              f"set by name ({', '.join(SHARED_SPECS)})")
-    parser.add_argument("--fitted", default="smollm2-135m-scifact",
-                        help="also rerank with a fitted HeadRank: a saved folder, a shipped fit or a hub id "
-                             "('none' to skip; the shipped 'smollm2-135m-scifact' was fitted on SciFact train)")
+    parser.add_argument("--fitted", default="none",
+                        help="also rerank with another fitted HeadRank: a saved folder, a shipped fit (e.g. "
+                             "'smollm2-135m-scifact', fitted on SciFact train only) or a hub id; 'none' to skip")
+    parser.add_argument("--zero-shot", action=argparse.BooleanOptionalAction, default=True,
+                        help="also rerank with the training-free heads (heads='zero-shot')")
     parser.add_argument("--source", choices=["auto", "shared", "irds"], default="auto",
                         help="where the collection comes from (auto: the shared copy when present)")
     parser.add_argument("--queries", type=int, default=DEFAULT_QUERIES,
@@ -115,11 +117,17 @@ def main(argv: Optional[List[str]] = None) -> pd.DataFrame:
     reranker = HeadRank(args.model, batch_size=args.batch_size, device=args.device, verbose=verbose)
     loading = time.perf_counter()
     heads = reranker.head_set  # load the model now, so that its loading time is not charged to the queries
-    print(f"model {args.model}: loaded in {time.perf_counter() - loading:.1f} s; heads: {heads.name}", flush=True)
+    print(f"model {args.model}: loaded in {time.perf_counter() - loading:.1f} s; {reranker!r}: {heads.name}",
+          flush=True)
 
     pipeline = retriever % args.cutoff >> collection.text_loader() >> reranker
     systems = [retriever, pipeline]
-    names = ["BM25", f"BM25 % {args.cutoff} >> HeadRank({args.model}) zero-shot"]
+    names = ["BM25", f"BM25 % {args.cutoff} >> HeadRank({args.model})"]
+    if args.zero_shot:
+        zero_shot = HeadRank(args.model, heads="zero-shot", batch_size=args.batch_size, device=args.device,
+                             verbose=verbose)
+        systems.append(retriever % args.cutoff >> collection.text_loader() >> zero_shot)
+        names.append(f"BM25 % {args.cutoff} >> HeadRank({args.model}, heads='zero-shot')")
     if args.fitted and args.fitted.lower() != "none":
         fitted = HeadRank.from_pretrained(args.fitted, batch_size=args.batch_size, device=args.device,
                                           verbose=verbose)

@@ -20,7 +20,7 @@ import os
 import pathlib
 import re
 import tempfile
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pyterrier as pt
@@ -201,33 +201,49 @@ def _read_adapter(folder: pathlib.Path, data: dict) -> Optional[dict]:
         raise ValueError(f"HeadRank: {ADAPTER_FILE} in '{folder}' is corrupt ({err})") from err
 
 
-def load_folder(path, **overrides):
-    """A :class:`HeadRank` from a folder written by :func:`save`; ``overrides`` replace constructor arguments."""
-    from .reranker import HeadRank
+class FitParts(NamedTuple):
+    """What a folder holds, checked: the model it was fitted on, its heads and settings, the fitted state (adapter
+    and model fingerprint), and what fit recorded."""
 
+    model: Optional[str]
+    model_class: Optional[str]
+    heads: HeadSet
+    settings: dict
+    state: FittedState
+    profile: Optional[HeadProfile]
+    summary: Optional[dict]
+
+
+def read_fit(path) -> FitParts:
+    """The contents of a folder written by :func:`save`, validated, with clear errors for anything else."""
     folder = pathlib.Path(path)
     data = read_folder(folder)
-    model = overrides.pop("model", data.get("model"))
-    if model is None:
-        raise ValueError(f"HeadRank: '{folder}' was fitted on a model given as an object "
-                         f"({data.get('model_class')}); pass it again: HeadRank.from_pretrained(path, model=..., "
-                         f"tokenizer=...)")
     try:
         heads = HeadSet.from_dict(data["heads"])
         config = AdapterConfig.from_dict(data["adapter"]) if data.get("adapter") is not None else None
     except ValueError as err:
         raise ValueError(f"HeadRank: {SETTINGS_FILE} in '{folder}' is corrupt ({err})") from err
-    state = _read_adapter(folder, data)
-    settings = {k: v for k, v in data["settings"].items() if k in SETTINGS}
-    settings.update(overrides)
-    reranker = HeadRank(model, heads=heads, **settings)
-    reranker.adapter_ = FittedState(config, state, data["model_shape"], f"'{folder}'")
-    summary = {}
-    if (folder / SUMMARY_FILE).exists():
-        summary = _read_json(folder / SUMMARY_FILE, folder)
+    state = FittedState(config, _read_adapter(folder, data), data["model_shape"], f"'{folder}'")
+    summary = _read_json(folder / SUMMARY_FILE, folder) if (folder / SUMMARY_FILE).exists() else {}
     profile = summary.pop("head_profile", None)
-    reranker.head_profile_ = HeadProfile.from_dict(profile) if profile else None
-    reranker.fit_summary_ = summary or None
+    return FitParts(data.get("model"), data.get("model_class"), heads,
+                    {k: v for k, v in data["settings"].items() if k in SETTINGS}, state,
+                    HeadProfile.from_dict(profile) if profile else None, summary or None)
+
+
+def load_folder(path, **overrides):
+    """A :class:`HeadRank` from a folder written by :func:`save`; ``overrides`` replace constructor arguments."""
+    from .reranker import HeadRank
+
+    parts = read_fit(path)
+    model = overrides.pop("model", parts.model)
+    if model is None:
+        raise ValueError(f"HeadRank: '{path}' was fitted on a model given as an object ({parts.model_class}); "
+                         f"pass it again: HeadRank.from_pretrained(path, model=..., tokenizer=...)")
+    reranker = HeadRank(model, heads=parts.heads, **{**parts.settings, **overrides})
+    reranker.adapter_ = parts.state
+    reranker.head_profile_ = parts.profile
+    reranker.fit_summary_ = parts.summary
     return reranker
 
 

@@ -197,8 +197,12 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
     """Fit ``reranker`` (a :class:`HeadRank`) in place and return it; see the module docstring."""
     settings = _checked_settings(reranker, overrides, valid is not None)
     started = time.time()
-    # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default)
+    # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default); what a
+    # registered default fit set (its adapter, fusion weight, slot correction) goes, the caller's settings stay
     reranker.adapter_ = None
+    for name in reranker.settings_from_default_fit:
+        setattr(reranker, name, None)
+    reranker.default_fit, reranker.settings_from_default_fit = None, ()
     reranker.reset()
     reader, _, start_heads = reranker.engine()
     train_lists = candidate_lists(train, train_qrels, reranker.text_field)

@@ -11,6 +11,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 HeadLike = Union["HeadSet", Sequence[Tuple[int, int]], Sequence[Tuple[int, int, float]], dict, str, None]
 #: The name of the training-free head set: ``HeadRank(model, heads="zero-shot")``.
 ZERO_SHOT = "zero-shot"
+#: The training-free head set (every head of the layers between these fractions of the depth) and its prompt order,
+#: chosen by measurement on SmolLM2-135M and Gemma 3 270M over five collections (``benchmarks/training_free.py``,
+#: ``benchmarks/results/training_free.md``).
+TRAINING_FREE_LAYERS = (0.25, 0.5)
+TRAINING_FREE_ORDER = "first-stage"
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,12 @@ class HeadSet:
         last = max(first, min(num_layers - 1, int(num_layers * stop)))
         heads = [(layer, head) for layer in range(first, last + 1) for head in range(num_heads)]
         return cls(tuple(heads), name=f"zero-shot layers {first}-{last}")
+
+    @classmethod
+    def training_free(cls, num_layers: int, num_heads: int) -> "HeadSet":
+        """The training-free head set for a model of this shape (:data:`TRAINING_FREE_LAYERS`)."""
+        start, stop = TRAINING_FREE_LAYERS
+        return cls.middle_layers(num_layers, num_heads, start, stop)
 
     @classmethod
     def all_heads(cls, num_layers: int, num_heads: int) -> "HeadSet":

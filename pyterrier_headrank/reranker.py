@@ -1,10 +1,11 @@
 """``HeadRank``: the PyTerrier reranker, and a framework-free ``rank(query, passages)`` beside it."""
 from __future__ import annotations
 
+import pathlib
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -16,9 +17,10 @@ from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .frames import add_ranks, first_stage_order
 from .fusion import check_weight, fuse_scores
-from .heads import HeadLike, HeadSet
+from .heads import TRAINING_FREE_ORDER, HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
+from .registry import advise_fitting, default_fit, default_fit_path
 from .slots import check_slot_bias, corrected
 from .windows import merge_window_scores, plan_windows
 
@@ -28,6 +30,11 @@ HELP_URL = "https://arxiv.org/abs/2604.17237"
 #: next to the query, as ICR places it). ``averaged`` scores both and averages each passage's two scores.
 ORDERS = {"first-stage": (False,), "reversed": (True,), "averaged": (False, True)}
 MANY_CANDIDATES = 100
+#: "use the default": the model's registered fit's value where it has one (:mod:`~pyterrier_headrank.registry`),
+#: else the package default. For ``fuse`` and ``slot_bias``, whose ``None`` means "off".
+DEFAULT = "default"
+#: Passage length (tokens) when neither the caller nor a registered fit sets one.
+DEFAULT_PASSAGE_TOKENS = 128
 _LOAD_LOCK = threading.RLock()  # builds a reranker's engine once when threads race to first use
 
 
@@ -53,37 +60,44 @@ class HeadRank(pt.Estimator):
     """Rerank candidates by the attention that the query pays to each passage in a few heads of a decoder LLM.
 
     All candidates of a query go into one listwise prompt (passages first, query last); one forward pass, stopped
-    after the deepest selected layer, yields every candidate's score. Without ``heads``, a zero-shot head set is used
-    (all heads of the middle layers, :meth:`HeadSet.middle_layers`).
+    after the deepest selected layer, yields every candidate's score. Without ``heads``, the model's registered fit
+    is used (:mod:`~pyterrier_headrank.registry`; ``HeadRank("smollm2-135m")`` reads the shipped general-purpose fit,
+    fused with the first stage), else the training-free head set (:meth:`HeadSet.training_free`), with a one-time
+    warning that fitting helps.
 
     Args:
         model: an alias (``smollm2-135m``, ``qwen3-0.6b``, ``qwen3-1.7b``, ``qwen3-4b``), a hub id, a folder, a
             ``.gguf`` file, or a loaded ``transformers`` causal LM (then also pass ``tokenizer``).
-        heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` or ``"zero-shot"`` for the
-            training-free default (all heads of the middle layers).
+        heads: a :class:`HeadSet` or a list of ``(layer, head[, weight])``; ``None`` for the model's registered fit
+            (its heads, order, fusion weight, slot correction, passage length and adapter, each unless given
+            here), or the training-free head set where none is registered; ``"zero-shot"`` for the training-free
+            head set explicitly (no fit, no warning).
         calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
         text_field: the column holding passage text.
         batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 1 on
             a CPU, where padded batches measured slower than one window at a time, and on a GPU as many windows as
             the free memory holds (:mod:`~pyterrier_headrank.batching`; halved and retried on out-of-memory).
-        max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens.
+        max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens; a
+            ``max_passage_tokens`` of ``None`` takes the registered fit's, else 128.
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
         max_window_passages: at most this many passages per window.
         n_anchors: passages shared by all windows of a list, to put their scores on one scale.
-        order: the order of the passages in each prompt window (:data:`ORDERS`): ``"first-stage"`` (the top
+        order: ``None`` for the registered fit's order, else the training-free one
+            (:data:`~pyterrier_headrank.heads.TRAINING_FREE_ORDER`); or the order of the passages in each prompt
+            window (:data:`ORDERS`): ``"first-stage"`` (the top
             candidate first), ``"reversed"`` (the top candidate last, next to the query) or ``"averaged"`` (both,
             each passage's two scores averaged: two passes per window). Small models weigh prompt slots very
             unequally, so this changes scores; ``fit`` trains in the reranker's order and saves it.
         device: ``None`` for CUDA when present, else CPU. dtype: ``"auto"`` for bf16 on GPU, float32 on CPU.
-        fuse: ``None`` (default) ranks by attention alone; a weight ``w`` in [0, 1] ranks by
-            ``w * z(first-stage score) + (1 - w) * z(attention score)``, z-scores within each query's list
-            (:mod:`~pyterrier_headrank.fusion`). The input then needs the first stage's ``score`` column;
-            :meth:`rank` has none and uses the passages' order (``-position``) instead. ``fit(..., fuse=True)``
-            chooses the weight on validation queries, and saved folders keep it.
+        fuse: ``"default"``: the registered fit's weight, else ``None``. ``None`` ranks by attention alone; a
+            weight ``w`` in [0, 1] ranks by ``w * z(first-stage score) + (1 - w) * z(attention score)``, z-scores
+            within each query's list (:mod:`~pyterrier_headrank.fusion`). Without a ``score`` column (and in
+            :meth:`rank`) the first-stage order (``rank``, else the rows' order) stands in for it, as
+            ``-position``. ``fit(..., fuse=True)`` chooses the weight on validation queries, and saved folders keep it.
         slot_bias: a per-slot correction of position bias (:mod:`~pyterrier_headrank.slots`): the expected score
             of an irrelevant passage in each slot bin, subtracted from every window's scores before they are
-            merged. ``None`` (default): no correction. ``fit(..., slot_correction=True)`` learns it on the
-            training lists, and saved folders keep it.
+            merged. ``None``: no correction; ``"default"``: the registered fit's (else none).
+            ``fit(..., slot_correction=True)`` learns it on the training lists, and saved folders keep it.
         compile: compile the decoder layers that the pass runs with ``torch.compile`` (regional compilation,
             dynamic shapes; HeadRank's attention reading stays outside the compiled graphs). The first query pays
             the compilation (about 100 s on a CPU for SmolLM2), later ones run faster (see the README's speed
@@ -93,37 +107,54 @@ class HeadRank(pt.Estimator):
     """
 
     def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
-                 text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: int = 128,
+                 text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: Optional[int] = None,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
-                 n_anchors: int = 3, order: str = "first-stage", device=None, dtype="auto",
-                 fuse: Optional[float] = None, slot_bias: Optional[Sequence[float]] = None, compile: bool = False,
-                 verbose: bool = False):
+                 n_anchors: int = 3, order: Optional[str] = None, device=None, dtype="auto",
+                 fuse: Union[float, None, str] = DEFAULT, slot_bias: Union[Sequence[float], None, str] = DEFAULT,
+                 compile: bool = False, verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
+        fitted = default_fit(model) if heads is None else None  # the model's registered fit, if any
+        self.default_fit = None if fitted is None else str(default_fit_path(model))
+        shipped = fitted.settings if fitted is not None else {}
+        if fitted is not None:
+            self.heads, self.adapter_ = fitted.heads, fitted.state
         self.tokenizer = tokenizer
         self.calibrate = calibrate
         self.text_field = text_field
         self.batch_size = None if batch_size is None else int(batch_size)
-        self.max_passage_tokens = int(max_passage_tokens)
+        self.max_passage_tokens = int(_given(max_passage_tokens, None, shipped, "max_passage_tokens",
+                                             DEFAULT_PASSAGE_TOKENS))
         self.max_query_tokens = int(max_query_tokens)
         self.max_window_tokens = int(max_window_tokens)
         self.max_window_passages = int(max_window_passages)
         self.n_anchors = int(n_anchors)
-        self.order = order
+        self.order = _given(order, None, shipped, "order", TRAINING_FREE_ORDER)
         self.device = device
         self.dtype = dtype
-        self.fuse = check_weight(fuse, type(self).__name__)
-        self.slot_bias = check_slot_bias(slot_bias, type(self).__name__)
+        self.fuse = check_weight(_given(fuse, DEFAULT, shipped, "fuse", None), type(self).__name__)
+        self.slot_bias = check_slot_bias(_given(slot_bias, DEFAULT, shipped, "slot_bias", None), type(self).__name__)
+        #: the fitted settings (``fuse``, ``slot_bias``) that came from the registered fit, not from the caller:
+        #: ``fit`` drops them with the rest of that fit
+        self.settings_from_default_fit = tuple(
+            name for name, value, unset in (("fuse", fuse, DEFAULT), ("slot_bias", slot_bias, DEFAULT))
+            if fitted is not None and _is_unset(value, unset) and name in shipped)
         self.compile = bool(compile)
         self.verbose = verbose
         check_model_argument(type(self).__name__, model, tokenizer, device, dtype)  # fail now, not at first use
         if min(1 if self.batch_size is None else self.batch_size, self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("HeadRank: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
-        if order not in ORDERS:
-            raise ValueError(f"{type(self).__name__}: order={order!r} is not one of {', '.join(map(repr, ORDERS))}")
+        if self.order not in ORDERS:
+            raise ValueError(f"{type(self).__name__}: order={self.order!r} is not one of "
+                             f"{', '.join(map(repr, ORDERS))}")
         if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
             raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
         self._loaded = None
+        if heads is None and fitted is None and self._advises_fitting:
+            advise_fitting(self.model_name, type(self).__name__)
+
+    #: whether a model without a registered fit warns that fitting helps (training-free subclasses such as ICR: no)
+    _advises_fitting = True
 
     # ---- lazy model ---------------------------------------------------------------------------------------------
     @property
@@ -176,7 +207,7 @@ class HeadRank(pt.Estimator):
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         """The heads used when none are given (subclasses such as ICR change this)."""
-        return HeadSet.middle_layers(num_layers, num_heads)
+        return HeadSet.training_free(num_layers, num_heads)
 
     @property
     def head_set(self) -> HeadSet:
@@ -315,9 +346,20 @@ class HeadRank(pt.Estimator):
 
     def __repr__(self) -> str:
         heads = f"{len(self.heads)} heads" if self.heads is not None else "zero-shot heads"
+        if self.default_fit is not None:
+            heads = f"default fit {pathlib.Path(self.default_fit).name}"
         order = "" if self.order == "first-stage" else f", order={self.order!r}"
         fuse = "" if self.fuse is None else f", fuse={self.fuse:g}"
         return f"HeadRank({self.model_name!r}, {heads}{order}{fuse})"
+
+
+def _is_unset(value, unset) -> bool:
+    return value is unset or (isinstance(value, str) and value == unset)
+
+
+def _given(value, unset, fitted: dict, name: str, fallback):
+    """A constructor argument: the caller's ``value``, else the registered fit's setting, else ``fallback``."""
+    return fitted.get(name, fallback) if _is_unset(value, unset) else value
 
 
 def clean_text(text) -> str:
@@ -350,15 +392,22 @@ def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) ->
                 f"reranker (`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> {name}(...)`), or name the column "
                 f"that holds the text with {name}(..., text_field='body').")
         raise pt.validate.InputValidationError(err.args[0] + hint, err.modes) from None
-    if getattr(reranker, "fuse", None) is not None and len(inp) and (
-            "score" not in inp.columns or pd.to_numeric(inp["score"], errors="coerce").isna().any()):
+    if getattr(reranker, "fuse", None) is not None and "score" in inp.columns and \
+            pd.to_numeric(inp["score"], errors="coerce").isna().any():
         raise ValueError(f"{name}: fuse={reranker.fuse:g} fuses with the first stage's score, but the input has "
-                         f"{'no score column' if 'score' not in inp.columns else 'rows without a numeric score'}; "
-                         f"rerank a first stage's results, or use fuse=None")
+                         f"rows without a numeric score; fix the first stage's scores, or use fuse=None")
     if inp["qid"].isna().any():
         rows = inp.index[inp["qid"].isna()].tolist()
         raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
                          f"candidate needs the qid of its query")
+
+
+def _first_stage_scores(group: pd.DataFrame) -> np.ndarray:
+    """What fusion fuses with: the first stage's ``score``; without that column, the first-stage order (``rank``,
+    else the rows' order) stands in, as in :meth:`HeadRank.rank`."""
+    if "score" in group.columns:
+        return group["score"].to_numpy(dtype=np.float64)
+    return -np.arange(len(group), dtype=np.float64)  # the group is in first-stage order
 
 
 def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
@@ -394,8 +443,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
     scores = reranker.score_lists(lists)
     weight = getattr(reranker, "fuse", None)
     if weight is not None:
-        scores = [fuse_scores(group["score"].to_numpy(dtype=np.float64), s, weight)
-                  for (_, group), s in zip(groups, scores)]
+        scores = [fuse_scores(_first_stage_scores(group), s, weight) for (_, group), s in zip(groups, scores)]
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)

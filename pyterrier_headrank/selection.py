@@ -169,9 +169,20 @@ def profile_heads(reader: AttentionReader, windows: Sequence[Window], labels: Se
     if not 0 <= max_layer < num_layers:
         raise ValueError(f"HeadRank: max_layer={max_layer} is outside a model with {num_layers} layers")
     calibrated, raw = read_all_heads(reader, windows, max_layer, calibrate, batch_size, verbose=verbose)
-    measured = (max_layer + 1) * num_heads
+    return profile_from_masses(calibrated, raw, labels, qids, (num_layers, num_heads), measure)
+
+
+def profile_from_masses(calibrated: Sequence[np.ndarray], raw: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                        qids: Sequence[str], shape: tuple, measure: str = MEASURE) -> HeadProfile:
+    """A :class:`HeadProfile` from masses already read (:func:`read_all_heads`'s two lists, or stored copies of
+    them): each ``[heads, n]`` array holds every head of layers ``0..max_layer``, layer-major; ``shape`` is the
+    model's ``(layers, heads per layer)``. Selection over stored masses needs no model pass."""
+    num_layers, num_heads = shape
+    measured = calibrated[0].shape[0]
+    if measured % num_heads or measured > num_layers * num_heads:
+        raise ValueError(f"HeadRank: {measured} heads read do not fill whole layers of {num_heads} heads")
     ndcg = np.full((num_layers, num_heads), np.nan)
     entropy = np.full((num_layers, num_heads), np.nan)
     ndcg.reshape(-1)[:measured] = head_ndcg(calibrated, labels, qids, measure)
     entropy.reshape(-1)[:measured] = np.mean([normalised_entropy(m) for m in raw], axis=0)
-    return HeadProfile(ndcg, entropy, len(windows), max_layer, measure)
+    return HeadProfile(ndcg, entropy, len(calibrated), measured // num_heads - 1, measure)

@@ -35,3 +35,44 @@ def test_gpu_benchmark_says_no_gpu_where_there_is_none(tmp_path):
     out = _run("gpu_speed.py", tmp_path=tmp_path)
     assert "no GPU in this session" in out and "nothing is estimated" in out
     assert json.loads((tmp_path / "gpu_speed.json").read_text())["rows"] == []
+
+
+def test_scores_rebuilt_from_a_stored_profile_equal_what_headrank_returns(tiny_qwen3):
+    """effectiveness.py, default_fit.py and transfer.py score head sets from one all-heads pass per list; that must
+    be exactly HeadRank's score (heads, weights, slot correction, prompt order, averaging)."""
+    need(SHARED / "data" / "dl21-passage-bm25top100" / "candidates.jsonl")
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _profiles import Profile, system_scores
+    from head_profiles import profile_collection
+
+    from pyterrier_headrank import HeadRank, HeadSet
+
+    model, tokenizer = tiny_qwen3
+    heads = HeadSet(((0, 1), (1, 2), (1, 0)), (0.5, 2.0, 1.0))
+    bias = tuple(np.linspace(0.0, 0.01, 20))
+    profiles = {}
+    for order in ("first-stage", "reversed"):
+        reader = HeadRank(model, tokenizer=tokenizer, heads=[(0, 0)], max_passage_tokens=24, order=order)
+        data = profile_collection(reader, "dl21-bm25", order, k=5, max_layer=1, verbose=False)
+        profiles[order] = Profile(data["qids"], data["docnos"], data["first_stage"], data["labels"],
+                                  data["calibrated"], data["raw"], data["num_layers"], data["num_heads"],
+                                  order == "reversed")
+    lists = [(q, list(texts)) for q, texts in _first_lists(5)]
+    for order, views in (("first-stage", [profiles["first-stage"]]), ("reversed", [profiles["reversed"]]),
+                         ("averaged", [profiles["first-stage"], profiles["reversed"]])):
+        reranker = HeadRank(model, tokenizer=tokenizer, heads=heads, max_passage_tokens=24, order=order,
+                            slot_bias=bias)
+        expected = reranker.score_lists(lists)
+        rebuilt = system_scores(views, heads, bias)[:len(lists)]
+        for want, got in zip(expected, rebuilt):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7, err_msg=order)
+
+
+def _first_lists(k: int):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import candidate_lists, grouped
+
+    frame, _ = candidate_lists("dl21-bm25", k)
+    return [(query, texts) for _, query, _, texts, _ in grouped(frame)[:4]]

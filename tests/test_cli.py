@@ -294,3 +294,26 @@ def test_module_entry_point_runs(tmp_path, module):
     done = subprocess.run([sys.executable, "-m", module, "rerank", "-o", "x"],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 1 and "give --run or --candidates" in done.stderr
+
+
+# ---- presets ----------------------------------------------------------------------------------------------------
+def test_the_paper_preset_names_dl_2021_to_2023_and_the_offline_one_dl21():
+    from pyterrier_headrank.integrations.cli import PRESET_NAMES
+    from pyterrier_headrank.integrations.presets import PRESETS
+
+    assert PRESETS["paper"].collections == tuple(f"irds:msmarco-passage-v2/trec-dl-{y}/judged"
+                                                 for y in (2021, 2022, 2023))
+    assert PRESETS["paper-offline"].collections == (DL21,)
+    assert sorted(PRESET_NAMES) == sorted(PRESETS)
+
+
+def test_fit_with_the_offline_paper_preset_trains_on_the_shared_dl21(model_dir, tmp_path, capsys):
+    fitted = tmp_path / "paper"
+    code = main(["fit", "--preset", "paper-offline", "--model", model_dir, "--queries", "3", "--cutoff", "5",
+                 "--num-heads", "2", "--max-layer", "1", "--no-align", "-q", "-o", str(fitted)])
+    assert code == 0, capsys.readouterr().err
+    summary = HeadRank.from_pretrained(str(fitted)).fit_summary_
+    assert summary["train"]["queries"] == 3
+    assert main(["fit", "--preset", "paper-offline", "--collection", DL21, "--model", model_dir, "-q",
+                 "-o", str(tmp_path / "x")]) == 1
+    assert "--preset names its own collections" in capsys.readouterr().err

@@ -45,8 +45,16 @@ def test_fuse_none_is_attention_alone_and_bad_weights_are_refused(tiny_qwen3):
     for bad in (1.5, -0.1, "bm25", True):
         with pytest.raises(ValueError, match="must be None \\(pure attention\\) or a weight in \\[0, 1\\]"):
             _reranker(tiny_qwen3, fuse=bad)
-    with pytest.raises(ValueError, match="fuse=0.5 fuses with the first stage's score, but the input has no score"):
-        _reranker(tiny_qwen3, fuse=0.5)(results.drop(columns=["score"]))
+    with pytest.raises(ValueError, match="fuse=0.5 fuses with the first stage's score, but the input has rows"):
+        _reranker(tiny_qwen3, fuse=0.5)(results.assign(score=[None] + [1.0] * (len(results) - 1)))
+
+
+def test_without_a_score_column_the_first_stage_order_stands_in(tiny_qwen3):
+    results = fit_data.results()
+    results = results[results["qid"] == results["qid"].iloc[0]]
+    by_rank = results.assign(score=-results["rank"].astype(float))
+    np.testing.assert_allclose(_by_docno(_reranker(tiny_qwen3, fuse=0.5)(results.drop(columns=["score"]))),
+                               _by_docno(_reranker(tiny_qwen3, fuse=0.5)(by_rank)))
 
 
 def test_rank_fuses_with_the_given_order(tiny_qwen3):

@@ -66,8 +66,8 @@ def test_main_job_end_to_end_with_smollm2(job, smollm2, tmp_cache, capsys):
     need(SHARED / "data" / "beir-scifact")
     table = job.main(["--queries", "2", "--cutoff", "8", "--quiet"])
     names = list(table["name"])
-    assert names == ["BM25", "BM25 % 8 >> HeadRank(smollm2-135m) zero-shot",
-                     "BM25 % 8 >> HeadRank fitted (smollm2-135m-scifact)"]
+    assert names == ["BM25", "BM25 % 8 >> HeadRank(smollm2-135m)",
+                     "BM25 % 8 >> HeadRank(smollm2-135m, heads='zero-shot')"]
     for measure in ("nDCG@10", "RR@10"):
         assert all(0.0 <= v <= 1.0 and math.isfinite(v) for v in table[measure]), table
     mrt = table.set_index("name")["mrt"]

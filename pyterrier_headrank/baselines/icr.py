@@ -74,12 +74,12 @@ class ICR(HeadRank):
             raise ValueError("ICR: need n_anchors >= 0 and max_window_passages > n_anchors")
         if max_window_tokens is not None and int(max_window_tokens) < 1:
             raise ValueError("ICR: max_window_tokens must be >= 1 (or None for the model's context length)")
-        super().__init__(model, None, tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
+        super().__init__(model, "zero-shot", tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
                          batch_size=batch_size, max_passage_tokens=max_passage_tokens,
                          max_query_tokens=max_query_tokens,
                          max_window_tokens=1 if max_window_tokens is None else max_window_tokens,
-                         max_window_passages=max_window_passages, n_anchors=n_anchors, device=device, dtype=dtype,
-                         verbose=verbose)
+                         max_window_passages=max_window_passages, n_anchors=n_anchors, order="first-stage",
+                         device=device, dtype=dtype, verbose=verbose)
         self.token_filter = bool(token_filter)
         self.max_window_tokens = None if max_window_tokens is None else int(max_window_tokens)  # None until loaded
 

@@ -55,6 +55,8 @@ SHARED_SPECS: Dict[str, SharedSpec] = {spec.name: spec for spec in (
     SharedSpec("beir-scifact/train", "beir-scifact", "beir/scifact/train", suffix="_train"),
     SharedSpec("dl21-passage-bm25top100", "dl21-passage-bm25top100", "msmarco-passage-v2/trec-dl-2021/judged",
                candidates=True),
+    SharedSpec("dl21-passage-rm3-top100", "dl21-passage-rm3-top100", candidates=True),
+    SharedSpec("dl21-passage-spladepp-top100", "dl21-passage-spladepp-top100", candidates=True),
     SharedSpec("cranfield", "cranfield", "cranfield", run="run.simple-bm25.txt"),
     SharedSpec("vaswani", "vaswani", "vaswani", run="run.simple-bm25.txt"),
     SharedSpec("cacm", "cacm", run="run.simple-bm25.txt"),
@@ -93,7 +95,8 @@ class SharedCollection(pt.datasets.Dataset):
         return self.folder / f"{stem}{self.spec.suffix}.{ext}"
 
     def _required(self):
-        return [self.split_file("queries", "jsonl"), self.split_file("qrels", "tsv"), self.folder / "corpus.jsonl"]
+        text = self.folder / ("candidates.jsonl" if self.spec.candidates else "corpus.jsonl")
+        return [self.split_file("queries", "jsonl"), self.split_file("qrels", "tsv"), text]
 
     @property
     def corpus_path(self) -> pathlib.Path:

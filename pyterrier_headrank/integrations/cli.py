@@ -29,6 +29,9 @@ PROG = "headrank"
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_MEASURES = ("nDCG@10", "RR@10")
 DEFAULT_CUTOFF = 20
+#: ``headrank fit --preset`` names (:data:`pyterrier_headrank.integrations.presets.PRESETS`; not imported here, so
+#: that ``headrank --help`` stays fast)
+PRESET_NAMES = ("paper", "paper-offline")
 
 
 class CliError(Exception):
@@ -482,18 +485,12 @@ def cmd_fit(args) -> int:
     """``headrank fit``: fit heads (and alignment) on the judged queries of the candidates and save the reranker."""
     if args.cutoff is not None and args.cutoff < 1:
         raise CliError("--cutoff must be >= 1")
-    if not args.collection and not args.qrels:
-        raise CliError("give --collection (topics and qrels) or --qrels with --candidates/--run")
+    if not args.collection and not args.qrels and not args.preset:
+        raise CliError("give --collection (topics and qrels), --qrels with --candidates/--run, or --preset")
     check_output_folder(args.output)
     args.heads = None
     reranker = build_reranker(args)
-    frame = candidates_for(args)
-    qrels = read_qrels(args.qrels) if args.qrels else load_collection(args.collection).get_qrels()
-    frame = frame[frame["qid"].isin(set(qrels["qid"]))]
-    if frame.empty:
-        raise CliError("no query of the candidates has relevance judgements")
-    if args.cutoff:
-        frame = frame[frame["rank"] < args.cutoff]
+    frame, qrels = training_data(args)
     try:
         reranker.fit(frame, qrels, **fit_options(args))
         reranker.save(args.output)
@@ -503,6 +500,24 @@ def cmd_fit(args) -> int:
         print(f"{PROG}: fitted {len(reranker.head_set)} heads on {frame['qid'].nunique()} queries -> {args.output}",
               file=sys.stderr)
     return 0
+
+
+def training_data(args):
+    """``headrank fit``'s candidates and qrels: a --preset's training set, or --collection/--run/--qrels."""
+    if args.preset:
+        from .presets import PRESETS, training_set
+        if args.collection or args.run or args.candidates or args.qrels:
+            raise CliError("--preset names its own collections: leave out --collection, --run, --candidates and "
+                           "--qrels")
+        return training_set(PRESETS[args.preset], load_collection, args.cutoff, args.queries)
+    frame = candidates_for(args)
+    qrels = read_qrels(args.qrels) if args.qrels else load_collection(args.collection).get_qrels()
+    frame = frame[frame["qid"].isin(set(qrels["qid"]))]
+    if frame.empty:
+        raise CliError("no query of the candidates has relevance judgements")
+    if args.cutoff:
+        frame = frame[frame["rank"] < args.cutoff]
+    return frame, qrels
 
 
 #: ``headrank fit`` option -> HeadRank.fit setting (see pyterrier_headrank.fitting.FitSettings)
@@ -590,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Fit a reranker (select and weight heads) on judged queries and their "
                                      "first-stage candidates, and save it to a folder for --fitted.")
     _add_candidates(fit, "TREC run of first-stage candidates; default: the collection's shipped run")
+    fit.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                     help="a named training set instead of --collection: 'paper' is TREC DL 2021-2023 passage "
+                          "through ir_datasets (211 judged queries, the paper's count; network needed once), "
+                          "'paper-offline' DL21 alone from the shared folder")
     fit.add_argument("--qrels", help="qrels file (TREC or BEIR TSV); default: the collection's qrels")
     _add_model(fit, heads=False)
     fit.add_argument("--cutoff", "-k", type=int, default=DEFAULT_CUTOFF, help="candidates per query used for fitting")

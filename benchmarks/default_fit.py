@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Choose the recipe of a model's shipped general-purpose fit by cross-fitting, then write the fit.
+
+Training data: every training list in the shared folder (DL21 with three first stages, BM25, BM25+RM3 and
+SPLADE++, and a seeded sample of SciFact train), top-20, from the stored all-head profiles (``head_profiles.py``,
+one pass per list and prompt order). The candidate recipes cross the prompt order (first-stage, reversed,
+averaged), the deepest layer selection may use (two thirds of the depth, or every layer), ``k`` heads, the entropy
+weight ``lam`` and the per-slot correction. Each recipe is scored out-of-fold: 5 folds by query id (a DL21 query
+falls in one fold with all three of its first stages), heads selected and the slot correction learned on the other
+folds. The recipe with the best mean out-of-fold nDCG@10 over the four training collections wins, at the
+shallowest depth cap that comes within ``COST_MARGIN`` of the best (a deeper stop slows every pass); its fusion
+weight is chosen on the pooled out-of-fold scores. The final fit selects on all training lists and is saved with
+``HeadRank.save`` (heads, order, slot correction, fusion weight, passage length).
+
+    .venv/bin/python benchmarks/default_fit.py --model smollm2-135m --out pyterrier_headrank/pretrained/smollm2-135m-general
+
+Writes ``benchmarks/results/default_fit.md`` / ``.csv`` (every recipe's out-of-fold nDCG@10, the depth/cost
+trade-off) and the fit folder.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import pathlib
+import sys
+import zlib
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import COLLECTIONS, RESULTS, quiet_offline_environment  # noqa: E402
+
+TRAIN = ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-train")
+ORDERS = ("first-stage", "reversed", "averaged")
+KS = (4, 8, 16)
+LAMS = (0.0, 0.1)
+FOLDS = 5
+#: nDCG@10 a deeper stop must gain (out-of-fold mean) to be chosen over a shallower, cheaper one
+COST_MARGIN = 0.005
+
+
+def fold_of(qid: str) -> int:
+    return zlib.crc32(str(qid).encode()) % FOLDS
+
+
+def load_training(model: str, passage_tokens: int):
+    """{collection: {order: Profile}} with the averaged order as the two orders' mean masses."""
+    import numpy as np
+    from _profiles import Profile
+
+    data = {}
+    for name in TRAIN:
+        first = Profile.load(model, name, "first-stage", passage_tokens=passage_tokens)
+        back = Profile.load(model, name, "reversed", passage_tokens=passage_tokens)
+        mean = Profile(first.qids, first.docnos, first.first_stage, first.labels,
+                       (first.calibrated + back.calibrated) / 2, (first.raw + back.raw) / 2,
+                       first.num_layers, first.num_heads, False)
+        assert (first.qids == back.qids).all()
+        data[name] = {"first-stage": first, "reversed": back, "averaged": mean}
+        np.testing.assert_array_equal(first.labels, back.labels)
+    return data
+
+
+def pooled_profile(profiles, keep_by_name):
+    """One HeadProfile over several collections' lists (qids made unique per collection)."""
+    import numpy as np
+    from _profiles import Profile
+
+    parts = [p.subset(keep_by_name[n]) for n, p in profiles.items()]
+    names = [n for n in profiles for _ in range(int(keep_by_name[n].sum()))]
+    first = parts[0]
+    pooled = Profile(np.array([f"{n}:{q}" for n, q in zip(names, np.concatenate([p.qids for p in parts]))],
+                              dtype=object),
+                     np.concatenate([p.docnos for p in parts]), np.concatenate([p.first_stage for p in parts]),
+                     np.concatenate([p.labels for p in parts]), np.concatenate([p.calibrated for p in parts]),
+                     np.concatenate([p.raw for p in parts]), first.num_layers, first.num_heads, first.reversed)
+    return pooled
+
+
+def capped(profile, max_layer: int):
+    """``profile`` (a HeadProfile) with every head below ``max_layer`` left out of selection."""
+    import copy
+
+    import numpy as np
+    out = copy.deepcopy(profile)
+    out.ndcg[max_layer + 1:] = np.nan
+    out.entropy[max_layer + 1:] = np.nan
+    out.max_layer = max_layer
+    return out
+
+
+def recipes(num_layers: int):
+    from pyterrier_headrank.selection import default_max_layer
+    caps = sorted({default_max_layer(num_layers), num_layers - 1})
+    return [dict(order=o, max_layer=c, k=k, lam=lam, slot=s)
+            for o, c, k, lam, s in itertools.product(ORDERS, caps, KS, LAMS, (False, True))
+            if not (s and o == "averaged")]  # averaging the two orders is itself the position correction
+
+
+def out_of_fold(data, qrels, num_layers):
+    """Every recipe's out-of-fold scores: {recipe index: {collection: [scores per list]}}."""
+    import numpy as np
+    from _profiles import system_scores
+
+    candidates = recipes(num_layers)
+    scores = {i: {n: [None] * len(data[n]["first-stage"].qids) for n in TRAIN} for i in range(len(candidates))}
+    for order in ORDERS:
+        for fold in range(FOLDS):
+            train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
+            profile = pooled_profile({n: data[n][order] for n in TRAIN}, train).head_profile()
+            for i, recipe in enumerate(candidates):
+                if recipe["order"] != order:
+                    continue
+                heads = capped(profile, recipe["max_layer"]).select(recipe["k"], recipe["lam"])
+                bias = None
+                if recipe["slot"] and order != "averaged":
+                    bias = pooled_profile({n: data[n][order] for n in TRAIN}, train).slot_bias(heads)
+                for n in TRAIN:
+                    held = ~train[n]
+                    views = ([data[n]["first-stage"], data[n]["reversed"]] if order == "averaged"
+                             else [data[n][order]])
+                    fold_scores = system_scores([v.subset(held) for v in views], heads, bias)
+                    for j, s in zip(np.flatnonzero(held), fold_scores):
+                        scores[i][n][j] = s
+            print(f"  {order} fold {fold}: {len(heads)} heads, deepest {heads.deepest_layer}", flush=True)
+    return candidates, scores
+
+
+def choose(table) -> int:
+    """The row of the chosen recipe: the best one at the shallowest depth cap whose best recipe is within
+    :data:`COST_MARGIN` of the best overall (a deeper stop costs every later pass; it must earn its cost)."""
+    rows = table.iloc[1:]
+    overall = rows["mean"].max()
+    for cap in sorted(rows["max_layer"].unique()):
+        group = rows[rows["max_layer"] == cap]
+        if group["mean"].max() >= overall - COST_MARGIN:
+            return int(group["mean"].idxmax())
+    raise AssertionError("unreachable: the deepest cap holds the best recipe")
+
+
+def qrels_of(names):
+    from pyterrier_headrank.data import get_collection
+    return {n: get_collection(COLLECTIONS[n].shared, source="shared").get_qrels() for n in names}
+
+
+def recipe_table(data, qrels, candidates, scores):
+    import pandas as pd
+
+    from pyterrier_headrank.metrics import ndcg10
+
+    rows = []
+    first = {n: ndcg10(data[n]["first-stage"].lists(data[n]["first-stage"].first_stage_scores()), qrels[n])
+             for n in TRAIN}
+    rows.append({"recipe": "first stage", **first, "mean": sum(first.values()) / len(first)})
+    for i, recipe in enumerate(candidates):
+        values = {n: ndcg10(data[n]["first-stage"].lists(scores[i][n]), qrels[n]) for n in TRAIN}
+        rows.append({"recipe": describe(recipe), **recipe, **values, "mean": sum(values.values()) / len(values)})
+    return pd.DataFrame(rows)
+
+
+def describe(recipe) -> str:
+    slot = ", slot-corrected" if recipe["slot"] else ""
+    return f"{recipe['order']}, layers<={recipe['max_layer']}, k={recipe['k']}, lam={recipe['lam']:g}{slot}"
+
+
+def fusion_for(data, qrels, oof):
+    """The fusion weight with the best pooled out-of-fold nDCG@10, and its table."""
+    import pandas as pd
+
+    from pyterrier_headrank.fusion import best_weight
+    from pyterrier_headrank.metrics import ndcg10
+
+    lists, judged = [], []
+    for n in TRAIN:
+        view = data[n]["first-stage"]
+        for q, docs, first, s in zip(view.qids, view.docnos, view.first_stage_scores(), oof[n]):
+            lists.append((f"{n}:{q}", list(docs[:len(s)]), first, s))
+        judged.append(qrels[n].assign(qid=n + ":" + qrels[n].qid.astype(str)))
+    all_qrels = pd.concat(judged)
+    return best_weight(lists, lambda runs: ndcg10(runs, all_qrels))
+
+
+def final_fit(data, recipe):
+    """The chosen recipe fitted on every training list: (heads, slot bias, the pooled head profile)."""
+    import numpy as np
+
+    order = recipe["order"]
+    views = {n: data[n][order] for n in TRAIN}
+    pooled = pooled_profile(views, {n: np.ones(len(v.qids), bool) for n, v in views.items()})
+    profile = pooled.head_profile()
+    heads = capped(profile, recipe["max_layer"]).select(
+        recipe["k"], recipe["lam"], name=f"general k={recipe['k']} lambda={recipe['lam']:g} on {len(pooled.qids)} "
+                                         f"training lists ({', '.join(TRAIN)})")
+    bias = pooled.slot_bias(heads) if recipe["slot"] else None
+    return heads, bias, profile, len(pooled.qids)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--passage-tokens", type=int, default=64)
+    parser.add_argument("--out", default=None, help="write the fit to this folder")
+    args = parser.parse_args(argv)
+    quiet_offline_environment()
+    data = load_training(args.model, args.passage_tokens)
+    qrels = qrels_of(TRAIN)
+    num_layers = data[TRAIN[0]]["first-stage"].num_layers
+    candidates, scores = out_of_fold(data, qrels, num_layers)
+    table = recipe_table(data, qrels, candidates, scores)
+    best = choose(table) - 1
+    recipe = candidates[best]
+    weight, fusion_table = fusion_for(data, qrels, scores[best])
+    weight = weight or None  # a weight of 0 ranks as attention alone: store "no fusion"
+    heads, bias, profile, count = final_fit(data, recipe)
+    stem = f"default_fit_{args.model}"
+    table.to_csv(RESULTS / f"{stem}.csv", index=False)
+    write_report(args, table, recipe, weight, fusion_table, heads, num_layers, RESULTS / f"{stem}.md")
+    if args.out:
+        save_fit(args, recipe, weight, heads, bias, profile, count, table.iloc[best + 1], fusion_table)
+    print((RESULTS / f"{stem}.md").read_text())
+
+
+def save_fit(args, recipe, weight, heads, bias, profile, count, oof_row, fusion_table):
+    from pyterrier_headrank import HeadRank
+
+    reranker = HeadRank(args.model, heads=heads, order=recipe["order"], fuse=weight, slot_bias=bias,
+                        max_passage_tokens=args.passage_tokens)
+    reranker.head_profile_ = profile
+    reranker.fit_summary_ = {
+        "made_by": "benchmarks/default_fit.py", "date": datetime.date.today().isoformat(),
+        "training_lists": count, "training_collections": {n: COLLECTIONS[n].label for n in TRAIN},
+        "candidates_per_list": 20, "recipe": recipe, "fusion_weight": weight,
+        "out_of_fold_ndcg10": {n: round(float(oof_row[n]), 4) for n in TRAIN},
+        "fusion_table": fusion_table.round(4).to_dict("records"),
+        "alignment": "none (heads selected by entropy-regularised selection; no LoRA)",
+    }
+    reranker.save(args.out)
+    print(f"fit written to {args.out}")
+
+
+def write_report(args, table, recipe, weight, fusion_table, heads, num_layers, path):
+    shown = table.sort_values("mean", ascending=False)
+    cols = ["recipe", *TRAIN, "mean"]
+    lines = [f"# Shipped default fit for {args.model}: recipe chosen by 5-fold cross-fitting", "",
+             f"Training lists (top-20, {args.passage_tokens}-token passages): "
+             f"{', '.join(COLLECTIONS[n].label for n in TRAIN)}. Out-of-fold nDCG@10 (attention only, no fusion).",
+             f"Written {datetime.date.today().isoformat()} by `benchmarks/default_fit.py --model {args.model}`.", "",
+             f"**Chosen:** {describe(recipe)}; fusion weight {weight or 0:g} (pooled out-of-fold); final heads "
+             f"{list(heads.heads)} (deepest layer {heads.deepest_layer} of {num_layers}: a pass costs "
+             f"{(heads.deepest_layer + 1) / num_layers:.2f} of a full forward pass).", "",
+             "## Depth and cost", "",
+             "| deepest layer selection may use | best recipe at that depth | mean out-of-fold nDCG@10 |", "|---|---|---|"]
+    for cap, group in table.iloc[1:].groupby("max_layer"):
+        top = group.loc[group["mean"].idxmax()]
+        lines.append(f"| {int(cap)} | {top['recipe']} | {top['mean']:.4f} |")
+    lines += ["", "## Fusion weight (pooled out-of-fold nDCG@10)", "", "| weight | nDCG@10 |", "|---|---|"]
+    lines += [f"| {r.weight:g} | {r.ndcg10:.4f} |" for r in fusion_table.itertuples()]
+    lines += ["", "## Every recipe (best first)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in shown.iterrows():
+        lines.append("| " + " | ".join([str(row["recipe"])] + [f"{row[c]:.4f}" for c in cols[1:]]) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+#!/usr/bin/env python
+"""Does HeadRank improve the first stage? nDCG@10, paired tests and middle-zone selectivity per collection.
+
+Systems, each reranking the same top-20 first-stage lists:
+
+* **BM25** (the first stage: Pyserini BM25 for SciFact, PISA BM25 for the classic sets, the shipped lists for DL21);
+* **training-free**: ``HeadRank(model, heads="zero-shot")`` (the measured training-free band and order);
+* **shipped default, attention only** and **fused**: ``HeadRank(model)`` with ``fuse=None`` and with its fitted
+  weight. On DL21 it was trained on these very queries, so there it is **cross-fitted**: the shipped recipe is refitted
+  five times on the training data without one fold of DL21 query ids and scores that fold;
+* **ICR**, through ``pyterrier_headrank.baselines.ICR``, where ``--icr`` names the collections to run it on (a
+  full-depth pass with per-token reads: it costs about as much as profiling).
+
+Scores come from the stored all-head profiles (``head_profiles.py``): one pass per list gives every head set's
+scores exactly as ``HeadRank`` computes them (``tests/test_benchmark_scripts.py`` checks that they agree).
+``pt.Experiment`` gives nDCG@10 and paired t-tests against BM25 with Holm correction (per collection, over the
+systems); :func:`pyterrier_headrank.metrics.selectivity` the middle-zone gap.
+
+    .venv/bin/python benchmarks/effectiveness.py --model smollm2-135m
+
+Writes ``benchmarks/results/effectiveness.md`` / ``.csv``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+import warnings
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import COLLECTIONS, RESULTS, candidate_lists, quiet_offline_environment  # noqa: E402
+
+EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
+CROSS_FITTED = ("dl21-bm25", "dl21-splade")
+TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("training-free", "shipped default, attention only",
+                                             "shipped default, fused", "ICR")
+
+
+def shipped(model: str):
+    """The model's registered fit: its heads, order, slot correction, fusion weight and recipe."""
+    from pyterrier_headrank.artifact import read_fit
+    from pyterrier_headrank.registry import default_fit_path
+
+    path = default_fit_path(model)
+    if path is None:
+        raise SystemExit(f"effectiveness.py: {model} has no registered fit")
+    return read_fit(path)
+
+
+def views(model: str, name: str, order: str):
+    from _profiles import Profile
+    orders = ("first-stage", "reversed") if order == "averaged" else (order,)
+    return [Profile.load(model, name, o) for o in orders]
+
+
+def cross_fitted_scores(model: str, name: str, fit):
+    """Scores of the shipped recipe on ``name`` (a DL21 set), refitted without each fold's query ids."""
+    import numpy as np
+    from _profiles import system_scores
+    from default_fit import TRAIN, capped, fold_of, load_training, pooled_profile
+
+    recipe = fit.summary["recipe"]
+    data = load_training(model, fit.settings["max_passage_tokens"])
+    order = recipe["order"]
+    target = views(model, name, order)
+    scores = [None] * len(target[0].qids)
+    for fold in range(5):
+        train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
+        pooled = pooled_profile({n: data[n][order] for n in TRAIN}, train)
+        heads = capped(pooled.head_profile(), recipe["max_layer"]).select(recipe["k"], recipe["lam"])
+        bias = pooled.slot_bias(heads) if recipe["slot"] else None
+        held = np.array([fold_of(q) == fold for q in target[0].qids])
+        for j, s in zip(np.flatnonzero(held), system_scores([v.subset(held) for v in target], heads, bias)):
+            scores[j] = s
+    return scores
+
+
+def system_runs(model: str, name: str, fit):
+    """{system: result frame} on ``name``, BM25 first."""
+    from _profiles import run_frame, system_scores
+
+    from pyterrier_headrank.fusion import fuse_scores
+    from pyterrier_headrank.heads import TRAINING_FREE_ORDER, HeadSet
+
+    free_views = views(model, name, TRAINING_FREE_ORDER)
+    shape = free_views[0].num_layers, free_views[0].num_heads
+    free = system_scores(free_views, HeadSet.training_free(*shape))
+    fitted_views = views(model, name, fit.settings["order"])
+    if name in CROSS_FITTED:
+        attention = cross_fitted_scores(model, name, fit)
+    else:
+        attention = system_scores(fitted_views, fit.heads, fit.settings.get("slot_bias"))
+    base = fitted_views[0]
+    weight = fit.settings["fuse"] or 0.0  # a fit without fusion: the fused row ranks as attention alone
+    fused = [fuse_scores(first, a, weight) for first, a in zip(base.first_stage_scores(), attention)]
+    return {"BM25": run_frame(base, base.first_stage_scores(), "BM25"),
+            TRAINING_FREE: run_frame(free_views[0], free, TRAINING_FREE),
+            ATTENTION: run_frame(base, attention, ATTENTION), FUSED: run_frame(base, fused, FUSED)}
+
+
+def icr_run(model: str, name: str, passage_tokens: int):
+    """ICR's result frame on ``name`` (cached next to the profiles: a full-depth pass per list)."""
+    import pyterrier as pt
+    from head_profiles import PROFILES
+
+    from pyterrier_headrank.baselines import ICR
+
+    path = PROFILES / model / f"icr.{name}.top20.p{passage_tokens}.res.gz"
+    if not path.exists():
+        frame, _ = candidate_lists(name)
+        out = ICR(model, max_passage_tokens=passage_tokens)(frame)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pt.io.write_results(out, str(path))
+    return pt.io.read_results(str(path)).assign(name=ICR_NAME)
+
+
+def evaluate(name: str, runs: dict):
+    """One collection's table: nDCG@10, paired t-test against BM25 (Holm over the systems), selectivity gap."""
+    import pyterrier as pt
+    from ir_measures import nDCG
+
+    from pyterrier_headrank.data import get_collection
+    from pyterrier_headrank.metrics import selectivity
+
+    qrels = get_collection(COLLECTIONS[name].shared, source="shared").get_qrels()
+    first = runs["BM25"]
+    qids = sorted(set(first.qid))
+    topics = pt.new.queries(qids)
+    qrels = qrels[qrels.qid.isin(qids)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = pt.Experiment([runs[s][["qid", "docno", "score", "rank"]] for s in runs], topics, qrels,
+                              [nDCG @ 10], names=list(runs), baseline=0, correction="holm")
+    table.insert(0, "collection", name)
+    table["queries"] = len(qids)
+    table["selectivity_gap_pp"] = [selectivity(runs[s], first, qrels).gap_pp for s in runs]
+    return table
+
+
+def summary_rows(table):
+    """Per system: collections, mean nDCG@10, mean difference from BM25, significantly worse / better counts."""
+    import pandas as pd
+
+    rows = []
+    for system, group in table[table.name != "BM25"].groupby("name", sort=False):
+        base = table[(table.name == "BM25") & table.collection.isin(group.collection)]
+        delta = group["nDCG@10"].to_numpy() - base["nDCG@10"].to_numpy()
+        p = group["nDCG@10 p-value corrected"].to_numpy() if "nDCG@10 p-value corrected" in group else None
+        worse = int(((delta < 0) & (p < 0.05)).sum()) if p is not None else 0
+        better = int(((delta > 0) & (p < 0.05)).sum()) if p is not None else 0
+        rows.append({"system": system, "collections": len(group), "mean_ndcg10": group["nDCG@10"].mean(),
+                     "mean_delta": delta.mean(), "significantly_worse": worse, "significantly_better": better})
+    return pd.DataFrame(rows)
+
+
+def targets(table, summary, fit) -> list:
+    """The issue's targets, met or not, in words."""
+    fused = summary.set_index("system").loc[FUSED]
+    attention = summary.set_index("system").loc[ATTENTION]
+    sci = table[(table.collection == "scifact") & (table.name == FUSED)]["selectivity_gap_pp"]
+    per = table.pivot(index="collection", columns="name", values="nDCG@10")
+    above = int((per[ATTENTION] > per["BM25"]).sum())
+    def state(ok):
+        return "**met**" if ok else "**missed**"
+    return [
+        f"- Shipped default (fused, weight {fit.settings['fuse'] or 0:g}) never significantly worse than the first stage: "
+        f"{state(fused.significantly_worse == 0)} (significantly worse on {fused.significantly_worse} of "
+        f"{fused.collections}; attention only: {attention.significantly_worse}).",
+        f"- At least +0.02 nDCG@10 over the first stage on average: {state(fused.mean_delta >= 0.02)} "
+        f"({fused.mean_delta:+.4f} fused; {attention.mean_delta:+.4f} attention only).",
+        f"- Middle-zone selectivity gap at least 43 pp on SciFact: {state(len(sci) and sci.iloc[0] >= 43)} "
+        f"({sci.iloc[0]:.1f} pp fused; attention only "
+        f"{table[(table.collection == 'scifact') & (table.name == ATTENTION)]['selectivity_gap_pp'].iloc[0]:.1f} pp).",
+        f"- Moonshot, attention alone above BM25 on every collection: {state(above == len(per))} ({above} of "
+        f"{len(per)}).",
+    ]
+
+
+def write_report(args, table, summary, fit, path):
+    from pyterrier_headrank.heads import TRAINING_FREE_LAYERS, TRAINING_FREE_ORDER
+
+    recipe = fit.summary["recipe"]
+    lines = [f"# Effectiveness of HeadRank ({args.model}) against its first stage", "",
+             f"Written {datetime.date.today().isoformat()} by `benchmarks/effectiveness.py --model {args.model}`. "
+             f"Every judged query of each collection; top-20 first-stage lists; {fit.settings['max_passage_tokens']}"
+             f"-token passages; nDCG@10; p: paired t-test against BM25, Holm-corrected over the systems of a "
+             f"collection; gap: middle-zone selectivity gap (pp).", "",
+             f"- training-free: every head of layers {TRAINING_FREE_LAYERS[0]:g}-{TRAINING_FREE_LAYERS[1]:g} of the "
+             f"depth, order {TRAINING_FREE_ORDER}.",
+             f"- shipped default: `{pathlib.Path(str(fit.state.source).strip(chr(39))).name}`, {len(fit.heads)} heads "
+             f"(deepest layer {fit.heads.deepest_layer}), order {recipe['order']}, slot correction "
+             f"{'on' if recipe['slot'] else 'off'}, fusion weight {fit.settings['fuse'] or 0:g}; trained on DL21 "
+             f"(three first stages) and SciFact train, so on DL21 it is cross-fitted (5 folds of query ids).", "",
+             "## Targets", "", *targets(table, summary, fit), "",
+             "## Summary over collections", "",
+             "| system | collections | mean nDCG@10 | mean vs first stage | significantly worse | significantly better |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.system} | {r.collections} | {r.mean_ndcg10:.4f} | {r.mean_delta:+.4f} | {r.significantly_worse} "
+              f"| {r.significantly_better} |" for r in summary.itertuples()]
+    lines += ["", "## Per collection", "", "| collection | queries | system | nDCG@10 | vs BM25 | p (Holm) | gap pp |",
+              "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        p = r["nDCG@10 p-value corrected"]
+        lines.append(f"| {COLLECTIONS[r.collection].label} | {r.queries} | {r['name']} | {r['nDCG@10']:.4f} | "
+                     f"{r.delta:+.4f} | {'-' if p != p else f'{p:.3g}'} | {r.selectivity_gap_pp:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--collections", nargs="+", default=list(EVALUATED))
+    parser.add_argument("--icr", nargs="*", default=[], help="collections to run ICR on (a full pass per list)")
+    args = parser.parse_args(argv)
+    quiet_offline_environment()
+    import pandas as pd
+
+    fit = shipped(args.model)
+    tables = []
+    for name in args.collections:
+        runs = system_runs(args.model, name, fit)
+        if name in args.icr:
+            runs[ICR_NAME] = icr_run(args.model, name, fit.settings["max_passage_tokens"])
+        tables.append(evaluate(name, runs))
+        print(tables[-1][["collection", "name", "nDCG@10", "selectivity_gap_pp"]].to_string(index=False), flush=True)
+    table = pd.concat(tables, ignore_index=True)
+    first = table[table.name == "BM25"].set_index("collection")["nDCG@10"]
+    table["delta"] = table["nDCG@10"] - table.collection.map(first)
+    table = table[["collection", "queries", "name", "nDCG@10", "delta", "nDCG@10 p-value corrected",
+                   "selectivity_gap_pp"]]
+    summary = summary_rows(table)
+    table.to_csv(RESULTS / f"effectiveness_{args.model}.csv", index=False)
+    write_report(args, table, summary, fit, RESULTS / f"effectiveness_{args.model}.md")
+    print((RESULTS / f"effectiveness_{args.model}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

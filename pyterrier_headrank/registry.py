@@ -1,0 +1,82 @@
+"""Which fit a model uses by default: the registry of shipped fits.
+
+``HeadRank(model)`` without ``heads`` uses the fit registered for ``model``: its heads, prompt order, slot
+correction, fusion weight, passage length and adapter, each unless the caller set it. The registry is data, not
+code: ``pretrained/defaults.json`` maps a model alias to a folder in ``pretrained/``, so a fit shipped for another
+model (a Qwen3 fit, once someone has one) becomes that model's default by adding a folder and a line there.
+:func:`register_default` does the same at run time, for a fit of your own::
+
+    register_default("qwen3-4b", "fits/qwen3-4b-dl")    # now HeadRank("qwen3-4b") uses it
+
+A model without a registered fit uses the training-free head set and warns once that fitting helps.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import threading
+import warnings
+from typing import Dict, Optional, Union
+
+from .artifact import PRETRAINED, FitParts, read_fit
+
+DEFAULTS_FILE = PRETRAINED / "defaults.json"
+_REGISTERED: Dict[str, pathlib.Path] = {}
+_WARNED: set = set()
+_LOCK = threading.Lock()
+
+
+class FitAdvice(UserWarning):
+    """The one warning HeadRank gives by default: a model runs on training-free heads, and a fit would help."""
+
+
+def _key(model: str) -> str:
+    return model.strip().lower()
+
+
+def _shipped() -> Dict[str, str]:
+    return json.loads(DEFAULTS_FILE.read_text()) if DEFAULTS_FILE.is_file() else {}
+
+
+def register_default(model: str, fit: Union[str, pathlib.Path, None]) -> None:
+    """Make the fit in folder ``fit`` (or a shipped fit's name) the default of ``model``; ``None`` removes a run-time
+    registration. The folder is read and checked now, so that a bad folder fails here, not at first use."""
+    with _LOCK:
+        if fit is None:
+            _REGISTERED.pop(_key(model), None)
+            return
+        path = pathlib.Path(fit)
+        if not path.exists() and (PRETRAINED / str(fit)).is_dir():
+            path = PRETRAINED / str(fit)
+        read_fit(path)
+        _REGISTERED[_key(model)] = path
+
+
+def default_fit_path(model) -> Optional[pathlib.Path]:
+    """The folder of ``model``'s default fit, or None (a model given as an object, or none registered)."""
+    if not isinstance(model, str):
+        return None
+    key = _key(model)
+    if key in _REGISTERED:
+        return _REGISTERED[key]
+    name = _shipped().get(key)
+    return PRETRAINED / name if name else None
+
+
+def default_fit(model) -> Optional[FitParts]:
+    """``model``'s default fit, read from its folder (offline: shipped folders are package data), or None."""
+    path = default_fit_path(model)
+    return read_fit(path) if path is not None else None
+
+
+def advise_fitting(model_name: str, owner: str = "HeadRank") -> None:
+    """Warn, once per model and process, that ``model_name`` runs on training-free heads and how to fit it."""
+    with _LOCK:
+        if model_name in _WARNED:
+            return
+        _WARNED.add(model_name)
+    warnings.warn(
+        f"{owner}: no fit is registered for model {model_name!r}, so it reads the training-free head set, which "
+        f"ranks worse than a fit. Fit heads on your judged queries: `headrank fit --model {model_name} ...` or "
+        f"`{owner}({model_name!r}).fit(train_results, qrels)`, then register_default({model_name!r}, folder). "
+        f"Pass heads='zero-shot' to choose the training-free heads and silence this.", FitAdvice, stacklevel=3)
