@@ -3,7 +3,8 @@
 
 Systems, each reranking the same top-20 first-stage lists:
 
-* **BM25** (the first stage: Pyserini BM25 for SciFact, PISA BM25 for the classic sets, the shipped lists for DL21);
+* **first stage** (Pyserini BM25 for SciFact, PISA BM25 for the classic sets, the shipped lists for DL21: BM25 or
+  SPLADE++);
 * **training-free**: ``HeadRank(model, heads="zero-shot")`` (the measured training-free band and order);
 * **shipped default, attention only** and **fused**: ``HeadRank(model)`` with ``fuse=None`` and with its fitted
   weight. On DL21 it was trained on these very queries, so there it is **cross-fitted**: the shipped recipe is refitted
@@ -33,7 +34,7 @@ from _common import COLLECTIONS, RESULTS, candidate_lists, quiet_offline_environ
 
 EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
 CROSS_FITTED = ("dl21-bm25", "dl21-splade")
-TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("training-free", "shipped default, attention only",
+FIRST, TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("first stage", "training-free", "shipped default, attention only",
                                              "shipped default, fused", "ICR")
 
 
@@ -94,7 +95,7 @@ def system_runs(model: str, name: str, fit):
     base = fitted_views[0]
     weight = fit.settings["fuse"] or 0.0  # a fit without fusion: the fused row ranks as attention alone
     fused = [fuse_scores(first, a, weight) for first, a in zip(base.first_stage_scores(), attention)]
-    return {"BM25": run_frame(base, base.first_stage_scores(), "BM25"),
+    return {FIRST: run_frame(base, base.first_stage_scores(), FIRST),
             TRAINING_FREE: run_frame(free_views[0], free, TRAINING_FREE),
             ATTENTION: run_frame(base, attention, ATTENTION), FUSED: run_frame(base, fused, FUSED)}
 
@@ -117,6 +118,7 @@ def icr_run(model: str, name: str, passage_tokens: int):
 
 def evaluate(name: str, runs: dict):
     """One collection's table: nDCG@10, paired t-test against BM25 (Holm over the systems), selectivity gap."""
+    import pandas as pd
     import pyterrier as pt
     from ir_measures import nDCG
 
@@ -124,9 +126,9 @@ def evaluate(name: str, runs: dict):
     from pyterrier_headrank.metrics import selectivity
 
     qrels = get_collection(COLLECTIONS[name].shared, source="shared").get_qrels()
-    first = runs["BM25"]
+    first = runs[FIRST]
     qids = sorted(set(first.qid))
-    topics = pt.new.queries(qids)
+    topics = pd.DataFrame({"qid": qids, "query": qids})  # pt.Experiment needs topics; the runs are precomputed
     qrels = qrels[qrels.qid.isin(qids)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -143,8 +145,8 @@ def summary_rows(table):
     import pandas as pd
 
     rows = []
-    for system, group in table[table.name != "BM25"].groupby("name", sort=False):
-        base = table[(table.name == "BM25") & table.collection.isin(group.collection)]
+    for system, group in table[table.name != FIRST].groupby("name", sort=False):
+        base = table[(table.name == FIRST) & table.collection.isin(group.collection)]
         delta = group["nDCG@10"].to_numpy() - base["nDCG@10"].to_numpy()
         p = group["nDCG@10 p-value corrected"].to_numpy() if "nDCG@10 p-value corrected" in group else None
         worse = int(((delta < 0) & (p < 0.05)).sum()) if p is not None else 0
@@ -160,31 +162,31 @@ def targets(table, summary, fit) -> list:
     attention = summary.set_index("system").loc[ATTENTION]
     sci = table[(table.collection == "scifact") & (table.name == FUSED)]["selectivity_gap_pp"]
     per = table.pivot(index="collection", columns="name", values="nDCG@10")
-    above = int((per[ATTENTION] > per["BM25"]).sum())
+    above = int((per[ATTENTION] > per[FIRST]).sum())
     def state(ok):
         return "**met**" if ok else "**missed**"
     return [
         f"- Shipped default (fused, weight {fit.settings['fuse'] or 0:g}) never significantly worse than the first stage: "
-        f"{state(fused.significantly_worse == 0)} (significantly worse on {fused.significantly_worse} of "
-        f"{fused.collections}; attention only: {attention.significantly_worse}).",
+        f"{state(fused.significantly_worse == 0)} (significantly worse on {int(fused.significantly_worse)} of "
+        f"{int(fused.collections)}; attention only: {int(attention.significantly_worse)}).",
         f"- At least +0.02 nDCG@10 over the first stage on average: {state(fused.mean_delta >= 0.02)} "
         f"({fused.mean_delta:+.4f} fused; {attention.mean_delta:+.4f} attention only).",
         f"- Middle-zone selectivity gap at least 43 pp on SciFact: {state(len(sci) and sci.iloc[0] >= 43)} "
         f"({sci.iloc[0]:.1f} pp fused; attention only "
         f"{table[(table.collection == 'scifact') & (table.name == ATTENTION)]['selectivity_gap_pp'].iloc[0]:.1f} pp).",
-        f"- Moonshot, attention alone above BM25 on every collection: {state(above == len(per))} ({above} of "
+        f"- Moonshot, attention alone above the first stage on every collection: {state(above == len(per))} ({above} of "
         f"{len(per)}).",
     ]
 
 
-def write_report(args, table, summary, fit, path):
+def write_report(args, table, summary, fit, skipped, path):
     from pyterrier_headrank.heads import TRAINING_FREE_LAYERS, TRAINING_FREE_ORDER
 
     recipe = fit.summary["recipe"]
     lines = [f"# Effectiveness of HeadRank ({args.model}) against its first stage", "",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/effectiveness.py --model {args.model}`. "
              f"Every judged query of each collection; top-20 first-stage lists; {fit.settings['max_passage_tokens']}"
-             f"-token passages; nDCG@10; p: paired t-test against BM25, Holm-corrected over the systems of a "
+             f"-token passages; nDCG@10; p: paired t-test against the first stage, Holm-corrected over the systems of a "
              f"collection; gap: middle-zone selectivity gap (pp).", "",
              f"- training-free: every head of layers {TRAINING_FREE_LAYERS[0]:g}-{TRAINING_FREE_LAYERS[1]:g} of the "
              f"depth, order {TRAINING_FREE_ORDER}.",
@@ -192,13 +194,15 @@ def write_report(args, table, summary, fit, path):
              f"(deepest layer {fit.heads.deepest_layer}), order {recipe['order']}, slot correction "
              f"{'on' if recipe['slot'] else 'off'}, fusion weight {fit.settings['fuse'] or 0:g}; trained on DL21 "
              f"(three first stages) and SciFact train, so on DL21 it is cross-fitted (5 folds of query ids).", "",
+             *([f"- **{line}**" for line in skipped] + [""] if skipped else []),
              "## Targets", "", *targets(table, summary, fit), "",
              "## Summary over collections", "",
              "| system | collections | mean nDCG@10 | mean vs first stage | significantly worse | significantly better |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r.system} | {r.collections} | {r.mean_ndcg10:.4f} | {r.mean_delta:+.4f} | {r.significantly_worse} "
               f"| {r.significantly_better} |" for r in summary.itertuples()]
-    lines += ["", "## Per collection", "", "| collection | queries | system | nDCG@10 | vs BM25 | p (Holm) | gap pp |",
+    lines += ["", "## Per collection", "",
+              "| collection | queries | system | nDCG@10 | vs first stage | p (Holm) | gap pp |",
               "|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
         p = r["nDCG@10 p-value corrected"]
@@ -217,21 +221,27 @@ def main(argv=None):
     import pandas as pd
 
     fit = shipped(args.model)
-    tables = []
+    tables, skipped = [], []
     for name in args.collections:
-        runs = system_runs(args.model, name, fit)
+        try:
+            runs = system_runs(args.model, name, fit)
+        except FileNotFoundError as err:  # no stored profile: say so in the report, do not guess
+            missing = pathlib.Path(str(err).split(":")[0]).name
+            skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
+            print(skipped[-1], flush=True)
+            continue
         if name in args.icr:
             runs[ICR_NAME] = icr_run(args.model, name, fit.settings["max_passage_tokens"])
         tables.append(evaluate(name, runs))
         print(tables[-1][["collection", "name", "nDCG@10", "selectivity_gap_pp"]].to_string(index=False), flush=True)
     table = pd.concat(tables, ignore_index=True)
-    first = table[table.name == "BM25"].set_index("collection")["nDCG@10"]
+    first = table[table.name == FIRST].set_index("collection")["nDCG@10"]
     table["delta"] = table["nDCG@10"] - table.collection.map(first)
     table = table[["collection", "queries", "name", "nDCG@10", "delta", "nDCG@10 p-value corrected",
                    "selectivity_gap_pp"]]
     summary = summary_rows(table)
     table.to_csv(RESULTS / f"effectiveness_{args.model}.csv", index=False)
-    write_report(args, table, summary, fit, RESULTS / f"effectiveness_{args.model}.md")
+    write_report(args, table, summary, fit, skipped, RESULTS / f"effectiveness_{args.model}.md")
     print((RESULTS / f"effectiveness_{args.model}.md").read_text())
 
 

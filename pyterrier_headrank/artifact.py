@@ -226,8 +226,10 @@ def read_fit(path) -> FitParts:
     state = FittedState(config, _read_adapter(folder, data), data["model_shape"], f"'{folder}'")
     summary = _read_json(folder / SUMMARY_FILE, folder) if (folder / SUMMARY_FILE).exists() else {}
     profile = summary.pop("head_profile", None)
-    return FitParts(data.get("model"), data.get("model_class"), heads,
-                    {k: v for k, v in data["settings"].items() if k in SETTINGS}, state,
+    # folders saved before a setting existed were fitted without it: first-stage order, no fusion, no correction
+    settings = {"order": "first-stage", "fuse": None, "slot_bias": None,
+                **{k: v for k, v in data["settings"].items() if k in SETTINGS}}
+    return FitParts(data.get("model"), data.get("model_class"), heads, settings, state,
                     HeadProfile.from_dict(profile) if profile else None, summary or None)
 
 

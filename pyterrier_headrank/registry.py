@@ -69,14 +69,16 @@ def default_fit(model) -> Optional[FitParts]:
     return read_fit(path) if path is not None else None
 
 
-def advise_fitting(model_name: str, owner: str = "HeadRank") -> None:
-    """Warn, once per model and process, that ``model_name`` runs on training-free heads and how to fit it."""
+def advise_fitting(model_name: str, owner: str = "HeadRank", named: bool = True) -> None:
+    """Warn, once per model and process, that ``model_name`` runs on training-free heads and how to fit it
+    (``named``: the model was given by name, so the command line can load it too)."""
     with _LOCK:
         if model_name in _WARNED:
             return
         _WARNED.add(model_name)
+    how = (f"`headrank fit --model {model_name} ...` or `{owner}({model_name!r}).fit(train_results, qrels)`, then "
+           f"register_default({model_name!r}, folder)" if named else "`reranker.fit(train_results, qrels)`")
     warnings.warn(
         f"{owner}: no fit is registered for model {model_name!r}, so it reads the training-free head set, which "
-        f"ranks worse than a fit. Fit heads on your judged queries: `headrank fit --model {model_name} ...` or "
-        f"`{owner}({model_name!r}).fit(train_results, qrels)`, then register_default({model_name!r}, folder). "
-        f"Pass heads='zero-shot' to choose the training-free heads and silence this.", FitAdvice, stacklevel=3)
+        f"ranks worse than a fit. Fit heads on your judged queries: {how}. Pass heads='zero-shot' to choose the "
+        f"training-free heads and silence this.", FitAdvice, stacklevel=3)

@@ -151,7 +151,7 @@ class HeadRank(pt.Estimator):
             raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
         self._loaded = None
         if heads is None and fitted is None and self._advises_fitting:
-            advise_fitting(self.model_name, type(self).__name__)
+            advise_fitting(self.model_name, type(self).__name__, named=isinstance(model, str))
 
     #: whether a model without a registered fit warns that fitting helps (training-free subclasses such as ICR: no)
     _advises_fitting = True

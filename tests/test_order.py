@@ -13,8 +13,9 @@ PASSAGES = ["cats purr when content", "dogs bark at night", "purring is a vibrat
 
 
 def _reranker(tiny_qwen3, **settings):
+    """A tiny reranker; first-stage order unless ``order`` is given (the training-free default is reversed)."""
     model, tokenizer = tiny_qwen3
-    return HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, **settings)
+    return HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, **{"order": "first-stage", **settings})
 
 
 def test_reversed_scores_map_back_to_their_passages(tiny_qwen3):

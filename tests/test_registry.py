@@ -87,3 +87,19 @@ def test_fitting_replaces_what_the_registered_fit_set_but_keeps_the_callers_sett
         assert kept.fuse == 0.7
     finally:
         register_default(folder, None)
+
+
+def test_a_folder_saved_before_the_order_setting_loads_in_first_stage_order(tiny_qwen3_folder, tmp_path):
+    """Old folders have no order, fuse or slot_bias: they were fitted in first-stage order, without either; the
+    training-free default order (reversed) must not leak into them."""
+    import json
+
+    assert HeadRank.from_pretrained("smollm2-135m-scifact").order == "first-stage"  # shipped before the setting
+    HeadRank(tiny_qwen3_folder, heads=[(0, 0)], order="reversed", fuse=0.3).save(tmp_path / "old")
+    settings_file = tmp_path / "old" / "headrank.json"
+    data = json.loads(settings_file.read_text())
+    for name in ("order", "fuse", "slot_bias"):
+        del data["settings"][name]
+    settings_file.write_text(json.dumps(data))
+    loaded = HeadRank.from_pretrained(tmp_path / "old")
+    assert (loaded.order, loaded.fuse, loaded.slot_bias) == ("first-stage", None, None)
