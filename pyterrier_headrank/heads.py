@@ -14,7 +14,7 @@ ZERO_SHOT = "zero-shot"
 #: The training-free head set (every head of the layers between these fractions of the depth) and its prompt order
 #: (``benchmarks/training_free.py``, ``benchmarks/results/training_free.md``). The order is measured: reversed beats
 #: first-stage order for every band on SmolLM2-135M's four training sets. The band is still 0.1.0's: the measurement
-#: so far prefers layers 1/2-3/4 (by 0.016 nDCG@10) but is unfinished (Gemma 3 270M profiled on one collection).
+#: so far prefers layers 1/2-3/4 (by 0.014 nDCG@10) but is unfinished (Gemma 3 270M profiled on four collections).
 TRAINING_FREE_LAYERS = (0.25, 0.5)
 TRAINING_FREE_ORDER = "reversed"
 
