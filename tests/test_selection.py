@@ -13,8 +13,10 @@ import fit_data
 
 
 def _reranker(tiny, **kw):
+    """A tiny reranker in first-stage order (the profiles below read windows in that order; the training-free
+    default order is reversed)."""
     model, tokenizer = tiny
-    return HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, **kw)
+    return HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24, **{"order": "first-stage", **kw})
 
 
 def test_normalised_entropy():
