@@ -16,11 +16,12 @@ def test_layer_inputs_drop_the_cache_under_either_name():
 
 
 def test_reading_and_fitting_raise_no_warning(tiny_qwen3):
-    """No FutureWarning (deprecated cache keyword), no pandas warning, nothing else from our code paths."""
+    """No FutureWarning (deprecated cache keyword), no pandas warning, nothing else from our code paths (the
+    training-free heads asked for by name: without them, the one intended warning, FitAdvice, would be given)."""
     model, tokenizer = tiny_qwen3
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        reranker = HeadRank(model, tokenizer=tokenizer, max_passage_tokens=24)
+        reranker = HeadRank(model, "zero-shot", tokenizer=tokenizer, max_passage_tokens=24)
         reranker(fit_data.results())
         reranker.fit(fit_data.results(), fit_data.qrels(), k=2, max_layer=2, epochs=1, cv_folds=2, verbose=False)
         reranker(fit_data.results())
