@@ -12,13 +12,14 @@ A model without a registered fit uses the training-free head set and warns once 
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import threading
 import warnings
 from typing import Dict, Optional, Union
 
-from .artifact import PRETRAINED, FitParts, read_fit
+from .artifact import PRETRAINED, read_fit
 
 DEFAULTS_FILE = PRETRAINED / "defaults.json"
 _REGISTERED: Dict[str, pathlib.Path] = {}
@@ -34,7 +35,9 @@ def _key(model: str) -> str:
     return model.strip().lower()
 
 
+@functools.lru_cache(maxsize=None)
 def _shipped() -> Dict[str, str]:
+    """The shipped registry (package data, read once per process: every HeadRank construction consults it)."""
     return json.loads(DEFAULTS_FILE.read_text()) if DEFAULTS_FILE.is_file() else {}
 
 
@@ -61,12 +64,6 @@ def default_fit_path(model) -> Optional[pathlib.Path]:
         return _REGISTERED[key]
     name = _shipped().get(key)
     return PRETRAINED / name if name else None
-
-
-def default_fit(model) -> Optional[FitParts]:
-    """``model``'s default fit, read from its folder (offline: shipped folders are package data), or None."""
-    path = default_fit_path(model)
-    return read_fit(path) if path is not None else None
 
 
 def advise_fitting(model_name: str, owner: str = "HeadRank", named: bool = True) -> None:

@@ -13,6 +13,7 @@ import pyterrier as pt
 import torch
 
 from . import compat
+from .artifact import read_fit
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .frames import add_ranks, first_stage_order
@@ -20,7 +21,7 @@ from .fusion import check_weight, fuse_scores
 from .heads import TRAINING_FREE_ORDER, HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
-from .registry import advise_fitting, default_fit, default_fit_path
+from .registry import advise_fitting, default_fit_path
 from .slots import check_slot_bias, corrected
 from .windows import merge_window_scores, plan_windows
 
@@ -114,8 +115,9 @@ class HeadRank(pt.Estimator):
                  compile: bool = False, verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
-        fitted = default_fit(model) if heads is None else None  # the model's registered fit, if any
-        self.default_fit = None if fitted is None else str(default_fit_path(model))
+        path = default_fit_path(model) if heads is None else None  # the model's registered fit, if any
+        fitted = read_fit(path) if path is not None else None
+        self.default_fit = None if path is None else str(path)
         shipped = fitted.settings if fitted is not None else {}
         if fitted is not None:
             self.heads, self.adapter_ = fitted.heads, fitted.state
