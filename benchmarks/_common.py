@@ -81,3 +81,21 @@ def grouped(frame) -> List[tuple]:
     """``[(qid, query, docnos, texts, first-stage scores)]`` per query, in first-stage order."""
     return [(qid, g["query"].iloc[0], list(g.docno), list(g.text), g["score"].to_numpy(float))
             for qid, g in frame.groupby("qid", sort=True)]
+
+
+def paired_experiment(runs: dict, qrels, correction: str = "holm"):
+    """``pt.Experiment`` over precomputed result frames ``{name: frame}`` (the first is the baseline): nDCG@10 and
+    paired t-tests against it, ``correction`` over the others. Only the runs' queries are judged."""
+    import warnings
+
+    import pandas as pd
+    import pyterrier as pt
+    from ir_measures import nDCG
+
+    qids = sorted(set(next(iter(runs.values())).qid))
+    topics = pd.DataFrame({"qid": qids, "query": qids})  # pt.Experiment needs topics; the runs are precomputed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pt.Experiment([run[["qid", "docno", "score", "rank"]] for run in runs.values()], topics,
+                             qrels[qrels.qid.isin(qids)], [nDCG @ 10], names=list(runs), baseline=0,
+                             correction=correction)

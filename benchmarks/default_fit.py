@@ -88,6 +88,35 @@ def capped(profile, max_layer: int):
     return out
 
 
+def fitted_heads(model, recipe, sources, exclude=frozenset()):
+    """The recipe's heads (and slot correction) fitted on ``sources``, leaving out the query ids ``exclude``."""
+    import numpy as np
+    from _profiles import Profile
+
+    views = {n: Profile.load(model, n, recipe["order"]) for n in sources}
+    keep = {n: np.array([q not in exclude for q in v.qids]) for n, v in views.items()}
+    pooled = pooled_profile(views, keep)
+    heads = capped(pooled.head_profile(), recipe["max_layer"]).select(recipe["k"], recipe["lam"])
+    return heads, (pooled.slot_bias(heads) if recipe["slot"] else None)
+
+
+def recipe_scores(model, recipe, sources, views, cross: bool):
+    """Per list of ``views`` (one Profile per prompt order scored, same lists), the scores of the recipe fitted on
+    ``sources``. ``cross``: the target shares query ids with the sources, so it is cross-fitted: :data:`FOLDS` folds
+    of its query ids, each scored by a fit that never saw them."""
+    import numpy as np
+    from _profiles import system_scores
+
+    qids = views[0].qids
+    scores = [None] * len(qids)
+    for fold in range(FOLDS) if cross else [None]:
+        held = np.array([fold is None or fold_of(q) == fold for q in qids])
+        heads, bias = fitted_heads(model, recipe, sources, frozenset(qids[held]) if cross else frozenset())
+        for j, s in zip(np.flatnonzero(held), system_scores([v.subset(held) for v in views], heads, bias)):
+            scores[j] = s
+    return scores
+
+
 def recipes(num_layers: int):
     from pyterrier_headrank.selection import default_max_layer
     caps = sorted({default_max_layer(num_layers), num_layers - 1})

@@ -27,10 +27,9 @@ import argparse
 import datetime
 import pathlib
 import sys
-import warnings
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import COLLECTIONS, RESULTS, candidate_lists, quiet_offline_environment  # noqa: E402
+from _common import COLLECTIONS, RESULTS, candidate_lists, paired_experiment, quiet_offline_environment  # noqa: E402
 
 EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
 CROSS_FITTED = ("dl21-bm25", "dl21-splade")
@@ -55,31 +54,10 @@ def views(model: str, name: str, order: str):
     return [Profile.load(model, name, o) for o in orders]
 
 
-def cross_fitted_scores(model: str, name: str, fit):
-    """Scores of the shipped recipe on ``name`` (a DL21 set), refitted without each fold's query ids."""
-    import numpy as np
-    from _profiles import system_scores
-    from default_fit import TRAIN, capped, fold_of, load_training, pooled_profile
-
-    recipe = fit.summary["recipe"]
-    data = load_training(model, fit.settings["max_passage_tokens"])
-    order = recipe["order"]
-    target = views(model, name, order)
-    scores = [None] * len(target[0].qids)
-    for fold in range(5):
-        train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
-        pooled = pooled_profile({n: data[n][order] for n in TRAIN}, train)
-        heads = capped(pooled.head_profile(), recipe["max_layer"]).select(recipe["k"], recipe["lam"])
-        bias = pooled.slot_bias(heads) if recipe["slot"] else None
-        held = np.array([fold_of(q) == fold for q in target[0].qids])
-        for j, s in zip(np.flatnonzero(held), system_scores([v.subset(held) for v in target], heads, bias)):
-            scores[j] = s
-    return scores
-
-
 def system_runs(model: str, name: str, fit):
     """{system: result frame} on ``name``, BM25 first."""
     from _profiles import run_frame, system_scores
+    from default_fit import TRAIN, recipe_scores
 
     from pyterrier_headrank.fusion import fuse_scores
     from pyterrier_headrank.heads import TRAINING_FREE_ORDER, HeadSet
@@ -89,7 +67,7 @@ def system_runs(model: str, name: str, fit):
     free = system_scores(free_views, HeadSet.training_free(*shape))
     fitted_views = views(model, name, fit.settings["order"])
     if name in CROSS_FITTED:
-        attention = cross_fitted_scores(model, name, fit)
+        attention = recipe_scores(model, fit.summary["recipe"], TRAIN, fitted_views, cross=True)
     else:
         attention = system_scores(fitted_views, fit.heads, fit.settings.get("slot_bias"))
     base = fitted_views[0]
@@ -110,7 +88,7 @@ def icr_run(model: str, name: str, passage_tokens: int):
     path = PROFILES / model / f"icr.{name}.top20.p{passage_tokens}.res.gz"
     if not path.exists():
         frame, _ = candidate_lists(name)
-        out = ICR(model, max_passage_tokens=passage_tokens)(frame)
+        out = ICR(model, max_passage_tokens=passage_tokens, batch_size=1)(frame)  # 1: fastest on a CPU
         path.parent.mkdir(parents=True, exist_ok=True)
         pt.io.write_results(out, str(path))
     return pt.io.read_results(str(path)).assign(name=ICR_NAME)
@@ -118,24 +96,15 @@ def icr_run(model: str, name: str, passage_tokens: int):
 
 def evaluate(name: str, runs: dict):
     """One collection's table: nDCG@10, paired t-test against BM25 (Holm over the systems), selectivity gap."""
-    import pandas as pd
-    import pyterrier as pt
-    from ir_measures import nDCG
-
     from pyterrier_headrank.data import get_collection
     from pyterrier_headrank.metrics import selectivity
 
     qrels = get_collection(COLLECTIONS[name].shared, source="shared").get_qrels()
     first = runs[FIRST]
-    qids = sorted(set(first.qid))
-    topics = pd.DataFrame({"qid": qids, "query": qids})  # pt.Experiment needs topics; the runs are precomputed
-    qrels = qrels[qrels.qid.isin(qids)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        table = pt.Experiment([runs[s][["qid", "docno", "score", "rank"]] for s in runs], topics, qrels,
-                              [nDCG @ 10], names=list(runs), baseline=0, correction="holm")
+    qrels = qrels[qrels.qid.isin(set(first.qid))]
+    table = paired_experiment(runs, qrels)
     table.insert(0, "collection", name)
-    table["queries"] = len(qids)
+    table["queries"] = first.qid.nunique()
     table["selectivity_gap_pp"] = [selectivity(runs[s], first, qrels).gap_pp for s in runs]
     return table
 

@@ -103,12 +103,28 @@ def choose(table):
     return by_order, bands, chosen.to_dict() | {"order": order, "pairs": len(pairs), "order_pairs": len(full)}
 
 
-def write_report(table, by_order, bands, chosen, path):
+def with_previous(table, path):
+    """``table`` plus the rows of the previous results file that it does not measure again (profiles are not
+    committed, so a run on another machine may lack some); (merged table, rows kept)."""
+    import pandas as pd
+
+    if not path.exists():
+        return table, 0
+    key = ["model", "collection", "order", "band"]
+    previous = pd.read_csv(path, dtype={"order": str})
+    measured = set(map(tuple, table[key].astype(str).to_numpy()))
+    kept = previous[[tuple(row) not in measured for row in previous[key].astype(str).to_numpy()]]
+    return pd.concat([table, kept], ignore_index=True), len(kept)
+
+
+def write_report(table, by_order, bands, chosen, path, kept: int = 0):
     wide = table[table.order != "-"].pivot_table(index=["order", "band"], columns=["model", "collection"],
                                                   values="ndcg10")
     lines = ["# The training-free head set, chosen by measurement", "",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/training_free.py`. Top-20 first-stage "
-             "lists, 64-token passages, calibrated attention of every head in the band, nDCG@10.", "",
+             "lists, 64-token passages, calibrated attention of every head in the band, nDCG@10."
+             + (f" {kept} of the {len(table)} figures are kept from the previous run of this script (their profiles "
+                "were not on the machine of this run; profiles are not committed)." if kept else ""), "",
              f"**Chosen:** order {chosen['order']} (best mean over the {chosen['order_pairs']} (model, collection) "
              f"pairs measured in every order), band {chosen['band']}: mean nDCG@10 {chosen['mean']:.4f} over the "
              f"{chosen['pairs']} pairs where every band was measured in that order, "
@@ -138,10 +154,10 @@ def main(argv=None):
                                                               "cacm", "vaswani", "cisi"])
     args = parser.parse_args(argv)
     quiet_offline_environment()
-    table = measure(args.models, args.collections)
+    table, kept = with_previous(measure(args.models, args.collections), RESULTS / "training_free.csv")
     by_order, bands, chosen = choose(table)
     table.to_csv(RESULTS / "training_free.csv", index=False)
-    write_report(table, by_order, bands, chosen, RESULTS / "training_free.md")
+    write_report(table, by_order, bands, chosen, RESULTS / "training_free.md", kept)
     print((RESULTS / "training_free.md").read_text())
 
 

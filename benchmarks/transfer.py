@@ -30,37 +30,17 @@ TARGETS = ("scifact", "dl21-bm25", "dl21-splade", "cacm", "cisi", "vaswani", "cr
 DL21 = {"dl21-bm25", "dl21-rm3", "dl21-splade"}
 
 
-def fitted_heads(model, recipe, sources, exclude=frozenset()):
-    """The recipe's heads (and slot correction) fitted on ``sources``, leaving out the query ids ``exclude``."""
-    import numpy as np
-    from _profiles import Profile
-    from default_fit import capped, pooled_profile
-
-    views = {n: Profile.load(model, n, recipe["order"]) for n in sources}
-    keep = {n: np.array([q not in exclude for q in v.qids]) for n, v in views.items()}
-    pooled = pooled_profile(views, keep)
-    heads = capped(pooled.head_profile(), recipe["max_layer"]).select(recipe["k"], recipe["lam"])
-    return heads, (pooled.slot_bias(heads) if recipe["slot"] else None)
-
-
 def transfer_score(model, recipe, sources, target, qrels):
     """nDCG@10 on ``target`` of the recipe fitted on ``sources`` (cross-fitted over shared DL21 query ids)."""
-    import numpy as np
-    from _profiles import Profile, system_scores
-    from default_fit import fold_of
+    from _profiles import Profile
+    from default_fit import recipe_scores
 
     from pyterrier_headrank.metrics import ndcg10
 
     view = Profile.load(model, target, recipe["order"])
     if recipe["max_layer"] > view.max_layer:
         return float("nan")
-    folds = range(5) if (target in DL21 and DL21 & set(sources)) else [None]
-    scores = [None] * len(view.qids)
-    for fold in folds:
-        held = np.array([fold is None or fold_of(q) == fold for q in view.qids])
-        heads, bias = fitted_heads(model, recipe, sources, frozenset(view.qids[held]) if fold is not None else ())
-        for j, s in zip(np.flatnonzero(held), system_scores([view.subset(held)], heads, bias)):
-            scores[j] = s
+    scores = recipe_scores(model, recipe, sources, [view], cross=bool(target in DL21 and DL21 & set(sources)))
     return ndcg10(view.lists(scores), qrels)
 
 

@@ -14,6 +14,7 @@ package; ``HeadRank.from_pretrained`` accepts a folder or a hub id.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -40,7 +41,7 @@ SUMMARY_FILE = "training.json"
 META_FILE = "pt_meta.json"
 #: Constructor arguments of HeadRank that a folder records (the model and heads are stored on their own).
 SETTINGS = ("calibrate", "text_field", "batch_size", "max_passage_tokens", "max_query_tokens", "max_window_tokens",
-            "max_window_passages", "n_anchors", "order", "fuse", "slot_bias")
+            "max_window_passages", "n_anchors", "window_overlap", "order", "fuse", "slot_bias")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -231,6 +232,21 @@ def read_fit(path) -> FitParts:
                 **{k: v for k, v in data["settings"].items() if k in SETTINGS}}
     return FitParts(data.get("model"), data.get("model_class"), heads, settings, state,
                     HeadProfile.from_dict(profile) if profile else None, summary or None)
+
+
+def read_fit_once(path) -> FitParts:
+    """:func:`read_fit`, remembered per folder while its files are unchanged: ``HeadRank(model)`` reads the model's
+    registered fit at every construction, and the folder (with its head profile) need not be parsed each time.
+    The parts are shared, so callers must not change them."""
+    folder = pathlib.Path(path).resolve()
+    stamps = tuple((f.name, f.stat().st_mtime_ns) for f in sorted(folder.iterdir()) if f.is_file()) \
+        if folder.is_dir() else ()
+    return _read_fit_with_stamps(folder, stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_fit_with_stamps(folder: pathlib.Path, stamps: tuple) -> FitParts:
+    return read_fit(folder)
 
 
 def load_folder(path, **overrides):

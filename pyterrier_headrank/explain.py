@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .frames import clean_text
 from .windows import merge_window_scores
 
 COLUMNS = ["position", "docno", "window", "raw", "calibration", "score", "rank", "share", "calibration_share"]
@@ -64,7 +65,7 @@ def explain(reranker, query: str, passages: Sequence[str], docnos: Optional[Sequ
 
 def _checked(reranker, query, passages, docnos, labels):
     """(query, passage texts) after the checks that make a bad call fail before any model runs."""
-    from .reranker import HeadRank, clean_text
+    from .reranker import HeadRank
 
     if not isinstance(reranker, HeadRank):
         raise TypeError(f"explain: needs a HeadRank (or a subclass), got {type(reranker).__name__}")

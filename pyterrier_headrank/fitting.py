@@ -41,7 +41,7 @@ from .alignment import (
     prepare,
     train_adapters,
 )
-from .frames import first_stage_order
+from .frames import clean_text, first_stage_order, first_stage_scores
 from .fusion import best_weight
 from .metrics import ndcg10
 from .selection import profile_heads
@@ -161,9 +161,8 @@ def candidate_lists(results: pd.DataFrame, qrels: pd.DataFrame, text_field: str 
     lists = []
     for qid, group in frame.groupby("qid", sort=False):
         docnos = group["docno"].astype(str).tolist()
-        texts = ["" if t is None or (isinstance(t, float) and np.isnan(t)) else str(t) for t in group[text_field]]
-        scores = group["score"].to_numpy(dtype=np.float64) if "score" in group.columns else -np.arange(len(group),
-                                                                                                      dtype=float)
+        texts = [clean_text(t) for t in group[text_field]]
+        scores = first_stage_scores(group)
         lists.append(CandidateList(qid, str(group["query"].iloc[0]), docnos, texts,
                                    np.array([max(0.0, grades.get((qid, d), 0.0)) for d in docnos]), scores))
     if not lists:

@@ -1,6 +1,7 @@
 """Small helpers on PyTerrier result frames (``qid, docno, score, rank, ...``) shared across the package."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 
@@ -24,3 +25,24 @@ def first_stage_order(frame: pd.DataFrame) -> pd.DataFrame:
     if "score" in frame.columns:
         return frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
     return frame
+
+
+def clean_text(text) -> str:
+    """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking)."""
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return ""
+    return str(text)
+
+
+def order_scores(count: int) -> np.ndarray:
+    """Scores that rank ``count`` candidates in the order given (``-position``): what stands in for the first
+    stage's scores, in fusion and in ``fit``, when a list comes without a ``score`` column."""
+    return -np.arange(count, dtype=np.float64)
+
+
+def first_stage_scores(group: pd.DataFrame) -> np.ndarray:
+    """One list's first-stage scores: its ``score`` column, else :func:`order_scores` (the group must be in
+    first-stage order, see :func:`first_stage_order`)."""
+    if "score" in group.columns:
+        return group["score"].to_numpy(dtype=np.float64)
+    return order_scores(len(group))

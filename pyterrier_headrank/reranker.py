@@ -13,17 +13,17 @@ import pyterrier as pt
 import torch
 
 from . import compat
-from .artifact import read_fit
+from .artifact import read_fit_once
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
-from .frames import add_ranks, first_stage_order
+from .frames import add_ranks, clean_text, first_stage_order, first_stage_scores, order_scores
 from .fusion import check_weight, fuse_scores
 from .heads import TRAINING_FREE_ORDER, HeadLike, HeadSet
 from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
 from .registry import advise_fitting, default_fit_path
 from .slots import check_slot_bias, corrected
-from .windows import merge_window_scores, plan_windows
+from .windows import DEFAULT_OVERLAP, merge_window_scores, plan_windows
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
 #: Prompt orders: which way each window's passages run in the prompt (the query always comes last), as prompt
@@ -83,6 +83,8 @@ class HeadRank(pt.Estimator):
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
         max_window_passages: at most this many passages per window.
         n_anchors: passages shared by all windows of a list, to put their scores on one scale.
+        window_overlap: each later window also repeats this many passages of the window before it: more shared
+            passages to align the windows on (:mod:`~pyterrier_headrank.windows`), each scored twice.
         order: ``None`` for the registered fit's order, else the training-free one
             (:data:`~pyterrier_headrank.heads.TRAINING_FREE_ORDER`); or the order of the passages in each prompt
             window (:data:`ORDERS`): ``"first-stage"`` (the top
@@ -110,13 +112,14 @@ class HeadRank(pt.Estimator):
     def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: Optional[int] = None,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
-                 n_anchors: int = 3, order: Optional[str] = None, device=None, dtype="auto",
-                 fuse: Union[float, None, str] = DEFAULT, slot_bias: Union[Sequence[float], None, str] = DEFAULT,
+                 n_anchors: int = 3, window_overlap: int = DEFAULT_OVERLAP, order: Optional[str] = None,
+                 device=None, dtype="auto", fuse: Union[float, None, str] = DEFAULT,
+                 slot_bias: Union[Sequence[float], None, str] = DEFAULT,
                  compile: bool = False, verbose: bool = False):
         self.model = model
         self.heads = HeadSet.coerce(heads)
         path = default_fit_path(model) if heads is None else None  # the model's registered fit, if any
-        fitted = read_fit(path) if path is not None else None
+        fitted = read_fit_once(path) if path is not None else None
         self.default_fit = None if path is None else str(path)
         shipped = fitted.settings if fitted is not None else {}
         if fitted is not None:
@@ -131,6 +134,7 @@ class HeadRank(pt.Estimator):
         self.max_window_tokens = int(max_window_tokens)
         self.max_window_passages = int(max_window_passages)
         self.n_anchors = int(n_anchors)
+        self.window_overlap = int(window_overlap)
         self.order = _given(order, None, shipped, "order", TRAINING_FREE_ORDER)
         self.device = device
         self.dtype = dtype
@@ -149,8 +153,10 @@ class HeadRank(pt.Estimator):
         if self.order not in ORDERS:
             raise ValueError(f"{type(self).__name__}: order={self.order!r} is not one of "
                              f"{', '.join(map(repr, ORDERS))}")
-        if self.n_anchors < 0 or self.max_window_passages < self.n_anchors + 1:
-            raise ValueError("HeadRank: need n_anchors >= 0 and max_window_passages > n_anchors")
+        if min(self.n_anchors, self.window_overlap) < 0 or \
+                self.max_window_passages < self.n_anchors + self.window_overlap + 1:
+            raise ValueError(f"{type(self).__name__}: need n_anchors >= 0, window_overlap >= 0 and "
+                             f"max_window_passages > n_anchors + window_overlap")
         self._loaded = None
         if heads is None and fitted is None and self._advises_fitting:
             advise_fitting(self.model_name, type(self).__name__, named=isinstance(model, str))
@@ -201,10 +207,11 @@ class HeadRank(pt.Estimator):
         if self.compile:
             compile_layers(model, heads.deepest_layer)
         smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
-            (self.n_anchors + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
+            (self.n_anchors + self.window_overlap + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
         if self.max_window_tokens < smallest:
             raise ValueError(f"HeadRank: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
-                             f"{self.n_anchors} anchors and one passage; use at least {smallest}")
+                             f"{self.n_anchors} anchors, {self.window_overlap} overlapping passages and one passage; "
+                             f"use at least {smallest}")
         return Engine(reader, prompt, heads)
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
@@ -227,11 +234,19 @@ class HeadRank(pt.Estimator):
         texts, counts = prompt.truncate_passages(passages)
         budget = self.max_window_tokens - prompt.overhead_tokens(part)
         plan = plan_windows([c + prompt.PER_PASSAGE_TOKENS for c in counts], budget, self.max_window_passages,
-                            self.n_anchors)
+                            self.n_anchors, self.window_overlap)
         return plan, [prompt.window([texts[i] for i in (idx[::-1] if reverse else idx)], part) for idx in plan]
 
     def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "HeadRank") -> List[np.ndarray]:
         """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
+        return [merge_window_scores(plan, scores, len(passages), self.n_anchors) if passages else np.zeros(0)
+                for (plan, scores), (_, passages) in zip(self.window_plan_scores(lists, desc), lists)]
+
+    def window_plan_scores(self, lists: Sequence[Tuple[str, Sequence[str]]],
+                           desc: str = "HeadRank") -> List[Tuple[List[List[int]], List[np.ndarray]]]:
+        """Per list, before merging: its window plan (:meth:`windows`) and each window's scores, in plan order,
+        slot-corrected and averaged over the prompt orders. :meth:`score_lists` merges them
+        (:func:`~pyterrier_headrank.windows.merge_window_scores`); ``benchmarks/long_lists.py`` compares merges."""
         reader, prompt, heads = self.engine()
         plans, jobs = [], []
         for i, (query, passages) in enumerate(lists):
@@ -256,11 +271,7 @@ class HeadRank(pt.Estimator):
             scores = scores[::-1] if job.reversed else scores
             key = (job.list_index, job.window_index)
             window_scores[key] = window_scores.get(key, 0.0) + scores / len(ORDERS[self.order])
-        return [
-            merge_window_scores(plan, [window_scores[i, w] for w in range(len(plan))], len(passages), self.n_anchors)
-            if passages else np.zeros(0)
-            for i, (plan, (_, passages)) in enumerate(zip(plans, lists))
-        ]
+        return [(plan, [window_scores[i, w] for w in range(len(plan))]) for i, plan in enumerate(plans)]
 
     @staticmethod
     def _planned_batch_size(reader: AttentionReader, heads: HeadSet, jobs: Sequence[_Job]) -> int:
@@ -290,7 +301,7 @@ class HeadRank(pt.Estimator):
         texts = [clean_text(p) for p in passages]
         (scores,) = self.score_lists([(query, texts)])
         if self.fuse is not None:  # no first-stage scores here: the given order stands in for them
-            scores = fuse_scores(-np.arange(len(texts), dtype=np.float64), scores, self.fuse)
+            scores = fuse_scores(order_scores(len(texts)), scores, self.fuse)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -364,13 +375,6 @@ def _given(value, unset, fitted: dict, name: str, fallback):
     return fitted.get(name, fallback) if _is_unset(value, unset) else value
 
 
-def clean_text(text) -> str:
-    """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking)."""
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        return ""
-    return str(text)
-
-
 def _clean_query(query, what: str, name: str = "HeadRank") -> str:
     """``what`` names the query in the error, e.g. "the query" or "the query of qid '7'"."""
     text = clean_text(query).strip()
@@ -402,14 +406,6 @@ def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) ->
         rows = inp.index[inp["qid"].isna()].tolist()
         raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
                          f"candidate needs the qid of its query")
-
-
-def _first_stage_scores(group: pd.DataFrame) -> np.ndarray:
-    """What fusion fuses with: the first stage's ``score``; without that column, the first-stage order (``rank``,
-    else the rows' order) stands in, as in :meth:`HeadRank.rank`."""
-    if "score" in group.columns:
-        return group["score"].to_numpy(dtype=np.float64)
-    return -np.arange(len(group), dtype=np.float64)  # the group is in first-stage order
 
 
 def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
@@ -445,7 +441,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
     scores = reranker.score_lists(lists)
     weight = getattr(reranker, "fuse", None)
     if weight is not None:
-        scores = [fuse_scores(_first_stage_scores(group), s, weight) for (_, group), s in zip(groups, scores)]
+        scores = [fuse_scores(first_stage_scores(group), s, weight) for (_, group), s in zip(groups, scores)]
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)

@@ -1,57 +1,114 @@
 """Splitting a long candidate list into prompt windows, and merging window scores onto one scale.
 
 Attention mass is relative to the other passages in the same prompt, so scores from two windows are not directly
-comparable. HeadRank's choice: *shared anchors*. The first window takes candidates in first-stage order. Every later
-window starts with the same ``n_anchors`` passages (the first-stage top ones, which sit in the first slots of window
-one too, so they also share its position bias) followed by its own chunk. A later window's scores are shifted so
-that the mean score of its anchors equals their mean score in window one. Anchors keep their window-one scores.
+comparable. HeadRank's choice: *shared passages*. The first window takes candidates in first-stage order, as many as
+fit. Every later window starts with the same ``n_anchors`` passages (the first-stage top ones, which sit in the first
+slots of window one too, so they also share its position bias), then the last ``overlap`` passages of the window
+before it, then its own chunk. The chunks of the later windows are balanced (a list of 100 gets windows of about 50,
+25 and 25 new passages, not 50, 47 and 3: a window of six passages spreads attention on another scale altogether).
+
+Merging (``merge_window_scores``) puts each later window on the scale of the passages scored before it, through the
+passages it shares with them (:data:`MERGES`); a passage scored in several windows gets the mean of its aligned
+scores, except the anchors, which keep their window-one scores (the reference scale).
+``benchmarks/long_lists.py`` measures the plans and merges on real lists.
 """
 from __future__ import annotations
 
-from typing import List, Sequence
+import math
+from typing import List, Optional, Sequence
 
 import numpy as np
 
+from .fusion import zscore
 
-def plan_windows(token_counts: Sequence[int], budget: int, max_passages: int, n_anchors: int) -> List[List[int]]:
-    """Candidate indices of each window; windows after the first start with the anchors ``0..n_anchors-1``.
+#: How a later window is put on the merged scale: ``"anchors"`` shifts it so that its anchors' mean equals their
+#: window-one mean (HeadRank 0.1.0); ``"shared"`` shifts it by the mean difference over every passage it shares with
+#: earlier windows (anchors and overlap); ``"affine"`` also matches the spread (standard deviation) of those
+#: passages; ``"zscore"`` standardises every window over its own passages and ignores what they share.
+MERGES = ("anchors", "shared", "affine", "zscore")
+#: the merge HeadRank uses (chosen in ``benchmarks/long_lists.py``)
+DEFAULT_MERGE = "shared"
+#: passages of the window before that HeadRank repeats in each later window (``HeadRank(window_overlap=...)``)
+DEFAULT_OVERLAP = 0
+
+
+def plan_windows(token_counts: Sequence[int], budget: int, max_passages: int, n_anchors: int, overlap: int = 0,
+                 balanced: bool = True) -> List[List[int]]:
+    """Candidate indices of each window; windows after the first start with the anchors ``0..n_anchors-1``, then
+    the last ``overlap`` non-anchor candidates of the window before.
 
     ``token_counts`` are per-passage costs (text plus numbering), ``budget`` the passage tokens a window may hold.
+    ``balanced=False`` fills every later window greedily (HeadRank 0.1.0, which could leave a tiny last window).
     """
-    count = len(token_counts)
-    windows: List[List[int]] = []
-    first, used = [], 0
-    for i in range(count):
-        if first and (used + token_counts[i] > budget or len(first) >= max_passages):
-            break
-        first.append(i)
-        used += token_counts[i]
-    windows.append(first)
+    first = _fill(token_counts, [], list(range(len(token_counts))), budget, max_passages, None)
+    rest = list(range(len(first), len(token_counts)))
+    if not rest:
+        return [first]
     anchors = first[: min(n_anchors, max(0, len(first) - 1))]
-    anchor_cost = sum(token_counts[i] for i in anchors)
-    nxt = len(first)
-    while nxt < count:
-        window, used = list(anchors), anchor_cost
-        while nxt < count and (len(window) == len(anchors) or
-                               (used + token_counts[nxt] <= budget and len(window) < max_passages)):
-            window.append(nxt)
-            used += token_counts[nxt]
-            nxt += 1
+    later = _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, None)
+    if balanced and len(later) > 1:
+        cap = math.ceil(len(rest) / len(later))
+        later = _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, cap)
+    return [first] + later
+
+
+def _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, cap) -> List[List[int]]:
+    """The windows after ``first`` that cover ``rest``, each taking at most ``cap`` new candidates."""
+    windows, previous = [], first
+    while rest:
+        carried = [i for i in previous if i not in anchors][-overlap:] if overlap > 0 else []
+        window = _fill(token_counts, list(anchors) + carried, rest, budget, max_passages, cap)
+        rest = rest[len(window) - len(anchors) - len(carried):]
         windows.append(window)
+        previous = window
     return windows
 
 
+def _fill(token_counts, start: List[int], candidates: List[int], budget: int, max_passages: int,
+          cap: Optional[int]) -> List[int]:
+    """``start`` plus candidates in order while they fit (always at least one new candidate)."""
+    window, used, added = list(start), sum(token_counts[i] for i in start), 0
+    for i in candidates:
+        full = used + token_counts[i] > budget or len(window) >= max_passages or (cap is not None and added >= cap)
+        if added and full:
+            break
+        window.append(i)
+        used += token_counts[i]
+        added += 1
+    return window
+
+
 def merge_window_scores(windows: Sequence[Sequence[int]], scores: Sequence[np.ndarray], count: int,
-                        n_anchors: int) -> np.ndarray:
-    """One score per candidate from per-window scores (see the module docstring for the anchor shift)."""
-    merged = np.full(count, np.nan, dtype=np.float64)
-    first, first_scores = windows[0], np.asarray(scores[0], dtype=np.float64)
-    merged[list(first)] = first_scores
-    anchors = list(first[: min(n_anchors, max(0, len(first) - 1))])
-    reference = first_scores[: len(anchors)].mean() if anchors else 0.0
-    for window, window_scores in zip(windows[1:], scores[1:]):
+                        n_anchors: int, merge: str = DEFAULT_MERGE) -> np.ndarray:
+    """One score per candidate from per-window scores (see the module docstring and :data:`MERGES`)."""
+    if merge not in MERGES:
+        raise ValueError(f"merge={merge!r} is not one of {', '.join(map(repr, MERGES))}")
+    first = list(windows[0])
+    anchors = set(first[: min(n_anchors, max(0, len(first) - 1))])
+    total, seen = np.zeros(count), np.zeros(count)
+    for w, (window, window_scores) in enumerate(zip(windows, scores)):
         window_scores = np.asarray(window_scores, dtype=np.float64)
-        shift = reference - window_scores[: len(anchors)].mean() if anchors else 0.0
-        merged[list(window[len(anchors):])] = window_scores[len(anchors):] + shift
-    assert not np.isnan(merged).any(), "every candidate is scored"
-    return merged
+        if merge == "zscore":
+            aligned = zscore(window_scores)
+        elif w == 0:
+            aligned = window_scores
+        else:
+            aligned = _aligned(window, window_scores, total / np.maximum(seen, 1), seen, anchors, merge)
+        for i, score in zip(window, aligned):
+            if w == 0 or i not in anchors:
+                total[i] += score
+                seen[i] += 1
+    assert seen.all(), "every candidate is scored"
+    return total / seen
+
+
+def _aligned(window, window_scores, merged, seen, anchors, merge) -> np.ndarray:
+    """``window_scores`` moved onto the scale of ``merged`` through the passages they share."""
+    shared = [j for j, i in enumerate(window) if (i in anchors if merge == "anchors" else seen[i] > 0)]
+    if not shared:
+        return window_scores
+    own, target = window_scores[shared], merged[[window[j] for j in shared]]
+    scale = 1.0
+    if merge == "affine" and len(shared) > 1 and own.std() > 0 and target.std() > 0:
+        scale = target.std() / own.std()
+    return (window_scores - own.mean()) * scale + target.mean()

@@ -76,3 +76,40 @@ def _first_lists(k: int):
 
     frame, _ = candidate_lists("dl21-bm25", k)
     return [(query, texts) for _, query, _, texts, _ in grouped(frame)[:4]]
+
+
+def test_long_list_consistency_and_merged_runs_on_known_window_scores():
+    """long_lists.py: consistency is the Spearman correlation over the passages two consecutive windows share, and
+    its runs rank the merged (and fused) scores of every candidate."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from long_lists import consistency, runs_of
+
+    plan = [[0, 1, 2, 3, 4], [0, 1, 3, 4, 5, 6]]  # anchors 0, 1; passages 3, 4 carried over
+    agreeing = [np.array([5.0, 4.0, 3.0, 2.0, 1.0]), np.array([9.0, 8.0, 7.0, 6.0, 0.0, -1.0])]
+    rho, pairs, shared = consistency([(plan, agreeing)])
+    assert (rho, pairs, shared) == (1.0, 1, 4.0)
+    flipped = [agreeing[0], np.array([6.0, 7.0, 8.0, 9.0, 0.0, -1.0])]
+    assert consistency([(plan, flipped)])[0] == -1.0
+    lists = [("q1", "query", [f"d{i}" for i in range(7)], [""] * 7, np.arange(7, 0, -1.0))]
+    runs = runs_of(lists, [(plan, agreeing)], "shared", 2, 0.5, "long")
+    attention, fused = runs["long, attention only"], runs["long, fused"]
+    assert sorted(attention["rank"]) == list(range(7)) and len(fused) == 7
+    assert attention.sort_values("rank").docno.iloc[0] == "d0"
+
+
+def test_training_free_keeps_only_the_previous_figures_it_did_not_measure_again(tmp_path):
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from training_free import with_previous
+
+    old = pd.DataFrame({"model": ["a", "a", "b"], "collection": ["x", "x", "x"], "order": ["-", "reversed", "-"],
+                        "band": ["first stage", "late", "first stage"], "ndcg10": [0.1, 0.2, 0.3]})
+    old.to_csv(tmp_path / "previous.csv", index=False)
+    new = pd.DataFrame({"model": ["a"], "collection": ["x"], "order": ["reversed"], "band": ["late"], "ndcg10": [0.25]})
+    merged, kept = with_previous(new, tmp_path / "previous.csv")
+    assert kept == 2 and len(merged) == 3
+    assert merged.set_index(["model", "order"]).loc[("a", "reversed"), "ndcg10"] == 0.25  # measured again: new
+    assert with_previous(new, tmp_path / "absent.csv") == (new, 0)

@@ -103,3 +103,19 @@ def test_a_folder_saved_before_the_order_setting_loads_in_first_stage_order(tiny
     settings_file.write_text(json.dumps(data))
     loaded = HeadRank.from_pretrained(tmp_path / "old")
     assert (loaded.order, loaded.fuse, loaded.slot_bias) == ("first-stage", None, None)
+
+
+def test_a_registered_fit_is_parsed_once_until_its_folder_changes(tmp_path):
+    import os
+    import shutil
+
+    from pyterrier_headrank.artifact import read_fit_once
+
+    folder = tmp_path / "fit"
+    shutil.copytree(PRETRAINED / "smollm2-135m-general", folder)
+    first = read_fit_once(folder)
+    assert read_fit_once(folder) is first  # remembered: HeadRank(model) does not parse the folder again
+    summary = folder / "training.json"
+    os.utime(summary, ns=(summary.stat().st_atime_ns, summary.stat().st_mtime_ns + 10**9))  # rewritten
+    again = read_fit_once(folder)
+    assert again is not first and again.heads == first.heads

@@ -117,9 +117,11 @@ def test_repr_schematic_and_settings(reranker):
 
 
 def test_zero_shot_heads_are_the_training_free_band_and_truncate(reranker):
-    heads = reranker.head_set
-    assert heads == HeadSet.training_free(4, 4)
-    assert heads.deepest_layer < 3  # the last layer never runs
+    assert reranker.head_set == HeadSet.training_free(4, 4)
+    smollm2, gemma = HeadSet.training_free(30, 9), HeadSet.training_free(18, 4)  # the measured band: 1/2-3/4
+    assert sorted({layer for layer, _ in smollm2.heads}) == list(range(15, 23)) and len(smollm2) == 8 * 9
+    assert sorted({layer for layer, _ in gemma.heads}) == list(range(9, 14))
+    assert smollm2.deepest_layer < 29 and gemma.deepest_layer < 17  # the last layers never run
 
 
 def test_calibration_changes_scores(tiny_qwen3):

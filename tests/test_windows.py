@@ -23,6 +23,37 @@ def test_plan_respects_passage_limit_and_single_window_when_it_fits():
     assert sorted(set(i for w in windows for i in w)) == list(range(12))
 
 
+def test_later_windows_are_balanced_and_repeat_the_overlap():
+    greedy = plan_windows([10] * 24, budget=100, max_passages=50, n_anchors=3, balanced=False)
+    assert [len(w) - 3 for w in greedy[1:]] == [7, 7]  # 10 + 7 + 7: fills greedily
+    assert [len(w) - 3 for w in plan_windows([10] * 25, 100, 50, 3, balanced=False)[1:]] == [7, 7, 1]
+    balanced = plan_windows([10] * 25, budget=100, max_passages=50, n_anchors=3)
+    assert [len(w) - 3 for w in balanced[1:]] == [5, 5, 5]  # no tiny last window
+    overlapping = plan_windows([10] * 25, budget=100, max_passages=50, n_anchors=2, overlap=3)
+    for before, window in zip(overlapping, overlapping[1:]):
+        assert window[:2] == [0, 1]
+        assert window[2:5] == [i for i in before if i not in (0, 1)][-3:]  # the last 3 of the window before
+        assert len(window) * 10 <= 100
+    assert sorted(set(i for w in overlapping for i in w)) == list(range(25))
+
+
+def test_shared_merge_aligns_on_every_shared_passage_and_averages_the_overlap():
+    windows = [[0, 1, 2, 3], [0, 3, 4, 5]]  # anchor 0; passage 3 carried over
+    scores = [np.array([0.5, 0.4, 0.3, 0.2]), np.array([0.1, 0.4, 0.0, 0.3])]
+    shift = np.mean([0.5, 0.2]) - np.mean([0.1, 0.4])
+    merged = merge_window_scores(windows, scores, 6, n_anchors=1, merge="shared")
+    np.testing.assert_allclose(merged, [0.5, 0.4, 0.3, (0.2 + 0.4 + shift) / 2, 0.0 + shift, 0.3 + shift])
+    by_anchor = merge_window_scores(windows, scores, 6, n_anchors=1, merge="anchors")
+    np.testing.assert_allclose(by_anchor[4:], [0.0 + 0.4, 0.3 + 0.4])  # shifted by the anchor alone
+    affine = merge_window_scores(windows, scores, 6, n_anchors=1, merge="affine")
+    scale = np.std([0.5, 0.2]) / np.std([0.1, 0.4])
+    np.testing.assert_allclose(affine[4], (0.0 - 0.25) * scale + 0.35)
+    z = merge_window_scores(windows, scores, 6, n_anchors=1, merge="zscore")
+    np.testing.assert_allclose(z[:3], (scores[0][:3] - scores[0].mean()) / scores[0].std())
+    with pytest.raises(ValueError, match="merge='median'"):
+        merge_window_scores(windows, scores, 6, n_anchors=1, merge="median")
+
+
 def test_merge_shifts_later_windows_by_anchor_difference():
     windows = [[0, 1, 2, 3], [0, 1, 4, 5]]
     scores = [np.array([0.5, 0.3, 0.2, 0.1]), np.array([0.1, 0.3, 0.25, 0.05])]
@@ -51,3 +82,19 @@ def test_hundred_and_twenty_candidates_on_the_tiny_model(tiny_qwen3):
     with pytest.warns(UserWarning):
         one = single(frame)
     assert len(one) == 120
+
+
+def test_overlap_on_the_tiny_model_scores_every_row_and_is_checked(tiny_qwen3):
+    model, tokenizer = tiny_qwen3
+    texts = [f"passage {i} about cats and dogs" for i in range(30)]
+    reranker = HeadRank(model, "zero-shot", tokenizer=tokenizer, max_window_tokens=230, max_passage_tokens=16,
+                        window_overlap=2, n_anchors=2)
+    plan, _ = reranker.windows("cats", texts)
+    assert len(plan) > 2 and all(len(set(w) & set(before)) == 4 for before, w in zip(plan, plan[1:]))
+    (scores,) = reranker.score_lists([("cats", texts)])
+    assert scores.shape == (30,) and np.isfinite(scores).all()
+    with pytest.raises(ValueError, match="window_overlap"):
+        HeadRank(model, "zero-shot", tokenizer=tokenizer, max_window_passages=5, n_anchors=2, window_overlap=3)
+    with pytest.raises(ValueError, match="overlapping passages"):
+        HeadRank(model, "zero-shot", tokenizer=tokenizer, max_window_tokens=100, max_passage_tokens=16,
+                 window_overlap=4).engine()
