@@ -33,6 +33,8 @@ from _common import COLLECTIONS, RESULTS, candidate_lists, paired_experiment, qu
 
 EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
 CROSS_FITTED = ("dl21-bm25", "dl21-splade")
+#: every system's run per collection, committed: reports can be rebuilt, and extended, without the profiles
+RUNS = RESULTS / "runs" / "effectiveness"
 FIRST, TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("first stage", "training-free", "shipped default, attention only",
                                              "shipped default, fused", "ICR")
 
@@ -78,20 +80,59 @@ def system_runs(model: str, name: str, fit):
             ATTENTION: run_frame(base, attention, ATTENTION), FUSED: run_frame(base, fused, FUSED)}
 
 
-def icr_run(model: str, name: str, passage_tokens: int):
-    """ICR's result frame on ``name`` (cached next to the profiles: a full-depth pass per list)."""
-    import pyterrier as pt
-    from head_profiles import PROFILES
+def provenance(model: str, fit) -> dict:
+    """What the stored runs of ``model`` depend on; runs stored under other settings are not reused."""
+    from pyterrier_headrank.heads import TRAINING_FREE_LAYERS, TRAINING_FREE_ORDER
 
+    return {"model": model, "fit": pathlib.Path(str(fit.state.source).strip("'")).name,
+            "training_free": [list(TRAINING_FREE_LAYERS), TRAINING_FREE_ORDER],
+            "passage_tokens": fit.settings["max_passage_tokens"], "candidates": 20}
+
+
+def run_path(model: str, name: str, system: str) -> pathlib.Path:
+    return RUNS / model / f"{name}.{system.replace(' ', '-').replace(',', '')}.res.gz"
+
+
+def stored_runs(model: str, name: str, systems, fit):
+    """{system: frame} of the runs committed under ``benchmarks/results/runs`` for ``name`` (each system's run is
+    written there when it is computed, so a machine without the profiles or ICR's time can still report it);
+    None where any is missing or was made under other settings."""
+    import json
+
+    import pyterrier as pt
+
+    stamp = RUNS / model / "provenance.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != provenance(model, fit):
+        return None
+    paths = {system: run_path(model, name, system) for system in systems}
+    if not all(p.exists() for p in paths.values()):
+        return None
+    return {system: pt.io.read_results(str(p)).assign(name=system) for system, p in paths.items()}
+
+
+def store_runs(model: str, name: str, runs: dict, fit) -> None:
+    import json
+
+    import pyterrier as pt
+
+    folder = RUNS / model
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = folder / "provenance.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != provenance(model, fit):
+        for old in folder.glob("*.res.gz"):  # runs of other settings: gone, not mixed with these
+            old.unlink()
+    stamp.write_text(json.dumps(provenance(model, fit), indent=1) + "\n")
+    for system, run in runs.items():
+        pt.io.write_results(run[["qid", "docno", "score", "rank"]], str(run_path(model, name, system)))
+
+
+def icr_run(model: str, name: str, passage_tokens: int):
+    """ICR's result frame on ``name`` (a full-depth pass per list)."""
     from pyterrier_headrank.baselines import ICR
 
-    path = PROFILES / model / f"icr.{name}.top20.p{passage_tokens}.res.gz"
-    if not path.exists():
-        frame, _ = candidate_lists(name)
-        out = ICR(model, max_passage_tokens=passage_tokens, batch_size=1)(frame)  # 1: fastest on a CPU
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pt.io.write_results(out, str(path))
-    return pt.io.read_results(str(path)).assign(name=ICR_NAME)
+    frame, _ = candidate_lists(name)
+    out = ICR(model, max_passage_tokens=passage_tokens, batch_size=1)(frame)  # 1: fastest on a CPU
+    return out[["qid", "docno", "score", "rank"]].assign(name=ICR_NAME)
 
 
 def evaluate(name: str, runs: dict):
@@ -194,13 +235,22 @@ def main(argv=None):
     for name in args.collections:
         try:
             runs = system_runs(args.model, name, fit)
-        except FileNotFoundError as err:  # no stored profile: say so in the report, do not guess
-            missing = pathlib.Path(str(err).split(":")[0]).name
-            skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
-            print(skipped[-1], flush=True)
-            continue
-        if name in args.icr:
-            runs[ICR_NAME] = icr_run(args.model, name, fit.settings["max_passage_tokens"])
+            store_runs(args.model, name, runs, fit)
+        except FileNotFoundError as err:  # no profile here: the committed runs, else say so, do not guess
+            runs = stored_runs(args.model, name, (FIRST, TRAINING_FREE, ATTENTION, FUSED), fit)
+            if runs is None:
+                missing = pathlib.Path(str(err).split(":")[0]).name
+                skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
+                print(skipped[-1], flush=True)
+                continue
+        icr = stored_runs(args.model, name, (ICR_NAME,), fit)
+        if icr is None and name in args.icr:
+            icr = {ICR_NAME: icr_run(args.model, name, fit.settings["max_passage_tokens"])}
+            store_runs(args.model, name, icr, fit)
+        if icr is None:
+            skipped.append(f"{COLLECTIONS[name].label}: ICR not run (a full-depth pass per list; "
+                           f"`--icr {name}` runs it and stores its run)")
+        runs.update(icr or {})
         tables.append(evaluate(name, runs))
         print(tables[-1][["collection", "name", "nDCG@10", "selectivity_gap_pp"]].to_string(index=False), flush=True)
     table = pd.concat(tables, ignore_index=True)

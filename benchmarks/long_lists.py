@@ -10,8 +10,9 @@ window) as the reference. Per-window scores are stored (``$HEADRANK_PROFILES``),
 * **consistency**: the passages that a later window shares with the window before it (anchors and overlap), scored
   in both: mean Spearman correlation of their two scores, over window pairs;
 * **nDCG@10** of each (overlap, merge), attention alone and fused with the first stage at the default fit's weight,
-  with a paired t-test (Holm) against reranking the top ``--short`` the same way;
-* seconds per list.
+  and of HeadRank's own ranking (the default merge, then the cascade of :mod:`pyterrier_headrank.cascade`), with a
+  paired t-test (uncorrected) against reranking the top ``--short`` the same way;
+* seconds per list (the window passes; the cascade adds one window of ``rescore_top`` passages per list).
 
     .venv/bin/python benchmarks/long_lists.py --model smollm2-135m --collections dl21-bm25 scifact
 
@@ -78,21 +79,36 @@ def consistency(passes) -> tuple:
     return (float(np.nanmean(rhos)) if rhos else float("nan")), len(rhos), (float(np.mean(sizes)) if sizes else 0.0)
 
 
-def runs_of(lists, passes, merge: str, n_anchors: int, weight: float, label: str) -> dict:
-    """{attention-only name: frame, fused name: frame} of one merge."""
+def frame_of(lists, scores):
+    """A result frame (qid, docno, score, rank) of one score array per list."""
     import pandas as pd
 
     from pyterrier_headrank.frames import add_ranks
+
+    rows = [(qid, d, float(v)) for (qid, _, docnos, _, _), values in zip(lists, scores) for d, v in zip(docnos, values)]
+    return add_ranks(pd.DataFrame(rows, columns=["qid", "docno", "score"]))
+
+
+def runs_of(lists, passes, merge: str, n_anchors: int, weight: float, label: str) -> dict:
+    """{attention-only name: frame, fused name: frame} of one merge (no cascade)."""
     from pyterrier_headrank.fusion import fuse_scores
     from pyterrier_headrank.windows import merge_window_scores
 
-    attention, fused = [], []
-    for (qid, _, docnos, _, first), (plan, scores) in zip(lists, passes):
-        merged = merge_window_scores(plan, scores, len(docnos), n_anchors, merge)
-        attention += [(qid, d, float(s)) for d, s in zip(docnos, merged)]
-        fused += [(qid, d, float(s)) for d, s in zip(docnos, fuse_scores(first, merged, weight))]
-    frame = lambda rows: add_ranks(pd.DataFrame(rows, columns=["qid", "docno", "score"]))  # noqa: E731
-    return {f"{label}, attention only": frame(attention), f"{label}, fused": frame(fused)}
+    merged = [merge_window_scores(plan, scores, len(docnos), n_anchors, merge)
+              for (_, _, docnos, _, _), (plan, scores) in zip(lists, passes)]
+    fused = [fuse_scores(first, m, weight) for (_, _, _, _, first), m in zip(lists, merged)]
+    return {f"{label}, attention only": frame_of(lists, merged), f"{label}, fused": frame_of(lists, fused)}
+
+
+def cascade_runs(model: str, lists, passes, overlap: int) -> dict:
+    """{kind: frame} of HeadRank's own ranking (default merge, then the cascade of ``rescore_top``) on the stored
+    window passes; the pools are scored here (one window per list and kind)."""
+    from pyterrier_headrank import HeadRank
+
+    queries = [(query, texts) for _, query, _, texts, _ in lists]
+    firsts = [first for *_, first in lists]
+    return {kind: frame_of(lists, HeadRank(model, window_overlap=overlap, **fuse).final_scores(queries, firsts, passes))
+            for kind, fuse in (("attention only", {"fuse": None}), ("fused", {}))}
 
 
 def measure(args, name: str):
@@ -100,22 +116,26 @@ def measure(args, name: str):
     import pandas as pd
 
     from pyterrier_headrank import HeadRank
-    from pyterrier_headrank.windows import MERGES
+    from pyterrier_headrank.windows import DEFAULT_MERGE, MERGES
 
     default = HeadRank(args.model)
     weight = default.fuse or 0.0
     qrels = candidate_lists(name, args.short)[1]
     short_lists, short_passes, short_seconds = window_passes(args.model, name, args.short, 0, args.threads)
+    references = runs_of(short_lists, short_passes, DEFAULT_MERGE, default.n_anchors, weight, f"top {args.short}")
     rows = []
     for overlap in args.overlaps:
         lists, passes, seconds = window_passes(args.model, name, args.depth, overlap, args.threads)
         rho, pairs, shared = consistency(passes)
         windows = sum(len(plan) for plan, _ in passes) / len(passes)
-        for merge in MERGES:
+        systems = {merge: runs_of(lists, passes, merge, default.n_anchors, weight, "long") for merge in MERGES}
+        if args.cascade:
+            systems[f"{DEFAULT_MERGE}, then cascade (HeadRank)"] = {
+                f"long, {kind}": run for kind, run in cascade_runs(args.model, lists, passes, overlap).items()}
+        for merge, runs in systems.items():
             for kind in ("attention only", "fused"):
-                reference = runs_of(short_lists, short_passes, "anchors", default.n_anchors, weight,
-                                    f"top {args.short}")[f"top {args.short}, {kind}"]
-                long = runs_of(lists, passes, merge, default.n_anchors, weight, "long")[f"long, {kind}"]
+                reference = references[f"top {args.short}, {kind}"]
+                long = runs[f"long, {kind}"]
                 table = paired_experiment({"short": reference, "long": long}, qrels, correction=None)
                 short_ndcg, long_ndcg = table["nDCG@10"].tolist()
                 rows.append({"collection": name, "queries": len(lists), "overlap": overlap, "merge": merge,
@@ -160,6 +180,8 @@ def main(argv=None):
     parser.add_argument("--short", type=int, default=20)
     parser.add_argument("--overlaps", type=int, nargs="+", default=[0, 10])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-cascade", dest="cascade", action="store_false",
+                        help="leave out HeadRank's cascade rows (they score one more window per list and overlap)")
     args = parser.parse_args(argv)
     quiet_offline_environment()
     import pandas as pd

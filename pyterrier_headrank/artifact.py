@@ -41,7 +41,7 @@ SUMMARY_FILE = "training.json"
 META_FILE = "pt_meta.json"
 #: Constructor arguments of HeadRank that a folder records (the model and heads are stored on their own).
 SETTINGS = ("calibrate", "text_field", "batch_size", "max_passage_tokens", "max_query_tokens", "max_window_tokens",
-            "max_window_passages", "n_anchors", "window_overlap", "order", "fuse", "slot_bias")
+            "max_window_passages", "n_anchors", "window_overlap", "rescore_top", "order", "fuse", "slot_bias")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 

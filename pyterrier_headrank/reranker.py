@@ -16,6 +16,7 @@ from . import compat
 from .artifact import read_fit_once
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
+from .cascade import pool_on_top, rescore_pool
 from .frames import add_ranks, clean_text, first_stage_order, first_stage_scores, order_scores
 from .fusion import check_weight, fuse_scores
 from .heads import TRAINING_FREE_ORDER, HeadLike, HeadSet
@@ -85,6 +86,10 @@ class HeadRank(pt.Estimator):
         n_anchors: passages shared by all windows of a list, to put their scores on one scale.
         window_overlap: each later window also repeats this many passages of the window before it: more shared
             passages to align the windows on (:mod:`~pyterrier_headrank.windows`), each scored twice.
+        rescore_top: a list that needs several windows is ranked as a cascade (:mod:`~pyterrier_headrank.cascade`):
+            its merged scores, fused with the first-stage order, pick this many candidates (at most
+            ``max_window_passages``), which are scored again in one window and ranked first. ``None``: the merged
+            scores alone.
         order: ``None`` for the registered fit's order, else the training-free one
             (:data:`~pyterrier_headrank.heads.TRAINING_FREE_ORDER`); or the order of the passages in each prompt
             window (:data:`ORDERS`): ``"first-stage"`` (the top
@@ -112,7 +117,8 @@ class HeadRank(pt.Estimator):
     def __init__(self, model="smollm2-135m", heads: HeadLike = None, *, tokenizer=None, calibrate: bool = True,
                  text_field: str = "text", batch_size: Optional[int] = None, max_passage_tokens: Optional[int] = None,
                  max_query_tokens: int = 64, max_window_tokens: int = 4096, max_window_passages: int = 50,
-                 n_anchors: int = 3, window_overlap: int = DEFAULT_OVERLAP, order: Optional[str] = None,
+                 n_anchors: int = 3, window_overlap: int = DEFAULT_OVERLAP, rescore_top: Optional[int] = 20,
+                 order: Optional[str] = None,
                  device=None, dtype="auto", fuse: Union[float, None, str] = DEFAULT,
                  slot_bias: Union[Sequence[float], None, str] = DEFAULT,
                  compile: bool = False, verbose: bool = False):
@@ -135,6 +141,7 @@ class HeadRank(pt.Estimator):
         self.max_window_passages = int(max_window_passages)
         self.n_anchors = int(n_anchors)
         self.window_overlap = int(window_overlap)
+        self.rescore_top = None if rescore_top is None else int(rescore_top)
         self.order = _given(order, None, shipped, "order", TRAINING_FREE_ORDER)
         self.device = device
         self.dtype = dtype
@@ -157,6 +164,8 @@ class HeadRank(pt.Estimator):
                 self.max_window_passages < self.n_anchors + self.window_overlap + 1:
             raise ValueError(f"{type(self).__name__}: need n_anchors >= 0, window_overlap >= 0 and "
                              f"max_window_passages > n_anchors + window_overlap")
+        if self.rescore_top is not None and self.rescore_top < 1:
+            raise ValueError(f"{type(self).__name__}: rescore_top={rescore_top!r} must be None or at least 1")
         self._loaded = None
         if heads is None and fitted is None and self._advises_fitting:
             advise_fitting(self.model_name, type(self).__name__, named=isinstance(model, str))
@@ -238,9 +247,34 @@ class HeadRank(pt.Estimator):
         return plan, [prompt.window([texts[i] for i in (idx[::-1] if reverse else idx)], part) for idx in plan]
 
     def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "HeadRank") -> List[np.ndarray]:
-        """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
-        return [merge_window_scores(plan, scores, len(passages), self.n_anchors) if passages else np.zeros(0)
+        """Attention scores for several (query, passages) lists; passages in first-stage order. Higher is better.
+        (What the reranker ranks by is :meth:`final_scores`: these, fused and cascaded.)"""
+        return [self._merged(plan, scores, len(passages))
                 for (plan, scores), (_, passages) in zip(self.window_plan_scores(lists, desc), lists)]
+
+    def _merged(self, plan, scores, count: int) -> np.ndarray:
+        return merge_window_scores(plan, scores, count, self.n_anchors) if count else np.zeros(0)
+
+    def final_scores(self, lists: Sequence[Tuple[str, Sequence[str]]], first_stage: Sequence[np.ndarray],
+                     planned=None) -> List[np.ndarray]:
+        """The scores the reranker ranks by: :meth:`score_lists`, fused with ``first_stage`` (one array per list)
+        when ``fuse`` is set, and for lists that needed several windows, the cascade of ``rescore_top``.
+        ``planned``: the lists' :meth:`window_plan_scores`, when already computed (the long-list benchmark)."""
+        planned = self.window_plan_scores(lists) if planned is None else planned
+        merged = [self._merged(plan, scores, len(passages)) for (plan, scores), (_, passages) in zip(planned, lists)]
+        final = [self._fused(first, m) for first, m in zip(first_stage, merged)]
+        long = [i for i, (plan, _) in enumerate(planned) if len(plan) > 1] if self.rescore_top else []
+        if long:
+            size = min(self.rescore_top, self.max_window_passages)  # one window (when the tokens fit it too)
+            pools = [rescore_pool(merged[i], size) for i in long]
+            rescored = self.score_lists([(lists[i][0], [lists[i][1][j] for j in pool])
+                                         for i, pool in zip(long, pools)], desc="HeadRank, the heads of long lists")
+            for i, pool, scores in zip(long, pools, rescored):
+                final[i] = pool_on_top(final[i], pool, self._fused(first_stage[i][pool], scores))
+        return final
+
+    def _fused(self, first_stage: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        return scores if self.fuse is None else fuse_scores(first_stage, scores, self.fuse)
 
     def window_plan_scores(self, lists: Sequence[Tuple[str, Sequence[str]]],
                            desc: str = "HeadRank") -> List[Tuple[List[List[int]], List[np.ndarray]]]:
@@ -299,9 +333,7 @@ class HeadRank(pt.Estimator):
         """
         query = _clean_query(query, "the query")
         texts = [clean_text(p) for p in passages]
-        (scores,) = self.score_lists([(query, texts)])
-        if self.fuse is not None:  # no first-stage scores here: the given order stands in for them
-            scores = fuse_scores(order_scores(len(texts)), scores, self.fuse)
+        (scores,) = self.final_scores([(query, texts)], [order_scores(len(texts))])  # the order stands in for them
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -438,10 +470,10 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame) -> pd.DataFrame:
                           stacklevel=2)
         lists.append((_clean_query(queries[0], f"the query of qid {qid!r}", name),
                       [clean_text(t) for t in group[reranker.text_field]]))
-    scores = reranker.score_lists(lists)
-    weight = getattr(reranker, "fuse", None)
-    if weight is not None:
-        scores = [fuse_scores(first_stage_scores(group), s, weight) for (_, group), s in zip(groups, scores)]
+    if hasattr(reranker, "final_scores"):  # HeadRank and ICR: fusion with the first stage, long-list cascade
+        scores = reranker.final_scores(lists, [first_stage_scores(group) for _, group in groups])
+    else:
+        scores = reranker.score_lists(lists)
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)

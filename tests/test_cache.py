@@ -23,11 +23,12 @@ QIDS = ["q1", "q2", "q3"]
 
 
 class Counting:
-    """Records the number of candidate lists of every ``score_lists`` call: what was really scored."""
+    """Records the number of candidate lists of every call that ranks lists (``final_scores`` of the attention
+    rerankers, ``score_lists`` of RankGPT): what was really scored."""
 
-    def score_lists(self, lists, *args, **kwargs):
+    def final_scores(self, lists, *args, **kwargs):
         self.__dict__.setdefault("calls", []).append(len(lists))
-        return super().score_lists(lists, *args, **kwargs)
+        return super().final_scores(lists, *args, **kwargs)
 
 
 class CountingHeadRank(Counting, HeadRank):
@@ -38,8 +39,10 @@ class CountingICR(Counting, ICR):
     pass
 
 
-class CountingRankGPT(Counting, RankGPT):
-    pass
+class CountingRankGPT(RankGPT):
+    def score_lists(self, lists, *args, **kwargs):
+        self.__dict__.setdefault("calls", []).append(len(lists))
+        return super().score_lists(lists, *args, **kwargs)
 
 
 def _calls(reranker):

@@ -98,3 +98,44 @@ def test_overlap_on_the_tiny_model_scores_every_row_and_is_checked(tiny_qwen3):
     with pytest.raises(ValueError, match="overlapping passages"):
         HeadRank(model, "zero-shot", tokenizer=tokenizer, max_window_tokens=100, max_passage_tokens=16,
                  window_overlap=4).engine()
+
+
+def test_cascade_pool_is_the_fused_head_and_ranks_first():
+    from pyterrier_headrank.cascade import POOL_WEIGHT, pool_on_top, rescore_pool
+    from pyterrier_headrank.fusion import fuse_scores
+
+    merged = np.array([0.1, 0.0, 0.2, 0.9, 0.0, 0.0, 0.0, 0.8])
+    pool = rescore_pool(merged, 3)  # the first stage's order, not its scores: ranks 0..7
+    expected = np.sort(np.argsort(-fuse_scores(-np.arange(8.0), merged, POOL_WEIGHT), kind="stable")[:3])
+    np.testing.assert_array_equal(pool, expected)
+    assert list(pool) == sorted(pool)  # first-stage order: the order a window takes them in
+    final = pool_on_top(merged, pool, np.array([5.0, -2.0, 1.0]))
+    order = list(np.argsort(-final, kind="stable"))
+    assert order[:3] == [pool[0], pool[2], pool[1]]  # the pool first, by its new scores
+    rest = [i for i in range(8) if i not in pool]
+    assert order[3:] == sorted(rest, key=lambda i: -merged[i])  # then the rest, in merged order
+
+
+def test_a_long_list_is_ranked_as_a_cascade_on_the_tiny_model(tiny_qwen3):
+    model, tokenizer = tiny_qwen3
+    texts = [f"passage {i} about {'cats' if i % 3 else 'dogs'} and more words" for i in range(24)]
+    first = np.linspace(24, 1, 24)
+    settings = dict(tokenizer=tokenizer, max_window_tokens=260, max_passage_tokens=16, n_anchors=2)
+    cascade = HeadRank(model, "zero-shot", rescore_top=6, fuse=0.3, **settings)
+    assert len(cascade.windows("cats", texts)[0]) > 1
+    (final,) = cascade.final_scores([("cats", texts)], [first])
+    (merged,) = cascade.score_lists([("cats", texts)])
+    from pyterrier_headrank.cascade import rescore_pool
+    from pyterrier_headrank.fusion import fuse_scores
+    pool = rescore_pool(merged, 6)
+    (again,) = cascade.score_lists([("cats", [texts[i] for i in pool])])  # the pool in one window
+    top = np.argsort(-final, kind="stable")
+    assert sorted(top[:6]) == sorted(pool)
+    np.testing.assert_allclose(final[pool], fuse_scores(first[pool], again, 0.3), rtol=1e-5, atol=1e-6)
+    plain = HeadRank(model, "zero-shot", rescore_top=None, fuse=0.3, **settings)
+    np.testing.assert_allclose(plain.final_scores([("cats", texts)], [first])[0], fuse_scores(first, merged, 0.3),
+                               rtol=1e-5, atol=1e-6)
+    short = [("cats", texts[:4])]  # one window: no cascade
+    np.testing.assert_allclose(cascade.final_scores(short, [first[:4]])[0], plain.final_scores(short, [first[:4]])[0])
+    with pytest.raises(ValueError, match="rescore_top=0"):
+        HeadRank(model, "zero-shot", rescore_top=0, **settings)
