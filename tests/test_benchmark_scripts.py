@@ -113,3 +113,24 @@ def test_training_free_keeps_only_the_previous_figures_it_did_not_measure_again(
     assert kept == 2 and len(merged) == 3
     assert merged.set_index(["model", "order"]).loc[("a", "reversed"), "ndcg10"] == 0.25  # measured again: new
     assert with_previous(new, tmp_path / "absent.csv") == (new, 0)
+
+
+def test_effectiveness_reuses_stored_runs_only_under_the_settings_they_were_made_with(tmp_path, monkeypatch):
+    import pandas as pd
+
+    import pyterrier_headrank.heads
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import effectiveness
+
+    monkeypatch.setattr(effectiveness, "RUNS", tmp_path)
+    fit = effectiveness.shipped("smollm2-135m")
+    run = pd.DataFrame({"qid": ["1", "1"], "docno": ["a", "b"], "score": [2.0, 1.0], "rank": [0, 1]})
+    effectiveness.store_runs("smollm2-135m", "cacm", {"first stage": run}, fit)
+    (got,) = effectiveness.stored_runs("smollm2-135m", "cacm", ("first stage",), fit).values()
+    assert got.docno.tolist() == ["a", "b"] and got.score.tolist() == [2.0, 1.0] and set(got.name) == {"first stage"}
+    assert effectiveness.stored_runs("smollm2-135m", "cacm", ("ICR",), fit) is None  # never stored
+    monkeypatch.setattr(pyterrier_headrank.heads, "TRAINING_FREE_LAYERS", (0.0, 0.25))  # other settings now
+    assert effectiveness.stored_runs("smollm2-135m", "cacm", ("first stage",), fit) is None
+    effectiveness.store_runs("smollm2-135m", "vaswani", {"first stage": run}, fit)
+    assert not (tmp_path / "smollm2-135m" / "cacm.first-stage.res.gz").exists()  # runs of other settings: removed

@@ -139,3 +139,12 @@ def test_a_long_list_is_ranked_as_a_cascade_on_the_tiny_model(tiny_qwen3):
     np.testing.assert_allclose(cascade.final_scores(short, [first[:4]])[0], plain.final_scores(short, [first[:4]])[0])
     with pytest.raises(ValueError, match="rescore_top=0"):
         HeadRank(model, "zero-shot", rescore_top=0, **settings)
+
+
+def test_long_list_settings_round_trip_and_old_folders_get_the_defaults(tiny_qwen3, tmp_path):
+    model, tokenizer = tiny_qwen3
+    HeadRank(model, [(0, 0), (1, 1)], tokenizer=tokenizer, window_overlap=2, rescore_top=None).save(tmp_path / "f")
+    loaded = HeadRank.from_pretrained(tmp_path / "f", model=model, tokenizer=tokenizer)
+    assert (loaded.window_overlap, loaded.rescore_top) == (2, None)
+    shipped = HeadRank("smollm2-135m")  # its folder predates both settings
+    assert (shipped.window_overlap, shipped.rescore_top) == (0, 20)
