@@ -260,7 +260,7 @@ class HeadRank(pt.Estimator):
         """The scores the reranker ranks by: :meth:`score_lists`, fused with ``first_stage`` (one array per list)
         when ``fuse`` is set, and for lists that needed several windows, the cascade of ``rescore_top``.
         ``planned``: the lists' :meth:`window_plan_scores`, when already computed (the long-list benchmark)."""
-        planned = self.window_plan_scores(lists) if planned is None else planned
+        planned = self.window_plan_scores(lists, type(self).__name__) if planned is None else planned
         merged = [self._merged(plan, scores, len(passages)) for (plan, scores), (_, passages) in zip(planned, lists)]
         final = [self._fused(first, m) for first, m in zip(first_stage, merged)]
         long = [i for i, (plan, _) in enumerate(planned) if len(plan) > 1] if self.rescore_top else []
@@ -268,7 +268,7 @@ class HeadRank(pt.Estimator):
             size = min(self.rescore_top, self.max_window_passages)  # one window (when the tokens fit it too)
             pools = [rescore_pool(merged[i], size) for i in long]
             rescored = self.score_lists([(lists[i][0], [lists[i][1][j] for j in pool])
-                                         for i, pool in zip(long, pools)], desc="HeadRank, the heads of long lists")
+                                         for i, pool in zip(long, pools)], f"{type(self).__name__}, long lists' heads")
             for i, pool, scores in zip(long, pools, rescored):
                 final[i] = pool_on_top(final[i], pool, self._fused(first_stage[i][pool], scores))
         return final
