@@ -235,7 +235,6 @@ def main(argv=None):
     for name in args.collections:
         try:
             runs = system_runs(args.model, name, fit)
-            store_runs(args.model, name, runs, fit)
         except FileNotFoundError as err:  # no profile here: the committed runs, else say so, do not guess
             runs = stored_runs(args.model, name, (FIRST, TRAINING_FREE, ATTENTION, FUSED), fit)
             if runs is None:
@@ -243,6 +242,8 @@ def main(argv=None):
                 skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
                 print(skipped[-1], flush=True)
                 continue
+        else:
+            store_runs(args.model, name, runs, fit)
         icr = stored_runs(args.model, name, (ICR_NAME,), fit)
         if icr is None and name in args.icr:
             icr = {ICR_NAME: icr_run(args.model, name, fit.settings["max_passage_tokens"])}

@@ -44,12 +44,17 @@ def plan_windows(token_counts: Sequence[int], budget: int, max_passages: int, n_
     rest = list(range(len(first), len(token_counts)))
     if not rest:
         return [first]
-    anchors = first[: min(n_anchors, max(0, len(first) - 1))]
+    anchors = _anchors(first, n_anchors)
     later = _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, None)
     if balanced and len(later) > 1:
         cap = math.ceil(len(rest) / len(later))
         later = _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, cap)
     return [first] + later
+
+
+def _anchors(first: List[int], n_anchors: int) -> List[int]:
+    """The anchors: the first window's top ``n_anchors`` candidates, always leaving it one of its own."""
+    return list(first[: min(n_anchors, max(0, len(first) - 1))])
 
 
 def _later_windows(token_counts, first, anchors, rest, budget, max_passages, overlap, cap) -> List[List[int]]:
@@ -84,7 +89,7 @@ def merge_window_scores(windows: Sequence[Sequence[int]], scores: Sequence[np.nd
     if merge not in MERGES:
         raise ValueError(f"merge={merge!r} is not one of {', '.join(map(repr, MERGES))}")
     first = list(windows[0])
-    anchors = set(first[: min(n_anchors, max(0, len(first) - 1))])
+    anchors = set(_anchors(first, n_anchors))
     total, seen = np.zeros(count), np.zeros(count)
     for w, (window, window_scores) in enumerate(zip(windows, scores)):
         window_scores = np.asarray(window_scores, dtype=np.float64)
