@@ -99,3 +99,20 @@ def paired_experiment(runs: dict, qrels, correction: str = "holm"):
         return pt.Experiment([run[["qid", "docno", "score", "rank"]] for run in runs.values()], topics,
                              qrels[qrels.qid.isin(qids)], [nDCG @ 10], names=list(runs), baseline=0,
                              correction=correction)
+
+
+def with_previous(table, path, key: List[str]):
+    """``table`` plus the rows of the previous results file ``path`` whose ``key`` it does not measure again
+    (profiles and window passes are not committed, so a run on another machine may redo only some); returns
+    (merged table, rows kept)."""
+    import pandas as pd
+
+    if not path.exists():
+        return table, 0
+    previous = pd.read_csv(path, dtype={column: str for column in key})  # "None" stays a string, not NaN
+    for column in key:
+        if table[column].dtype != object:
+            previous[column] = previous[column].astype(table[column].dtype)
+    measured = set(map(tuple, table[key].astype(str).to_numpy()))
+    kept = previous[[tuple(row) not in measured for row in previous[key].astype(str).to_numpy()]]
+    return pd.concat([table, kept], ignore_index=True), len(kept)

@@ -43,10 +43,10 @@ from ir_measures import nDCG  # noqa: E402
 from pyterrier_headrank import HeadRank, HeadSet  # noqa: E402
 from pyterrier_headrank.data import get_collection  # noqa: E402
 from pyterrier_headrank.first_stage import bm25  # noqa: E402
-from pyterrier_headrank.fitting import FitSettings  # noqa: E402
 from pyterrier_headrank.fusion import fuse, fusion_weight  # noqa: E402
 from pyterrier_headrank.metrics import selectivity_table  # noqa: E402
 from pyterrier_headrank.plots import head_map  # noqa: E402
+from pyterrier_headrank.training.settings import FitSettings  # noqa: E402
 
 
 def parse():

@@ -28,7 +28,15 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import COLLECTIONS, RESULTS, candidate_lists, grouped, paired_experiment, quiet_offline_environment  # noqa: E402,E501
+from _common import (  # noqa: E402
+    COLLECTIONS,
+    RESULTS,
+    candidate_lists,
+    grouped,
+    paired_experiment,
+    quiet_offline_environment,
+    with_previous,
+)
 
 
 def window_passes(model: str, name: str, depth: int, overlap: int, threads: int):
@@ -147,7 +155,7 @@ def measure(args, name: str):
     return pd.DataFrame(rows)
 
 
-def write_report(args, table, path):
+def write_report(args, table, path, kept: int = 0):
     from pyterrier_headrank.windows import DEFAULT_MERGE, DEFAULT_OVERLAP
 
     short, depth = f"ndcg10_top{args.short}", f"ndcg10_top{args.depth}"
@@ -158,7 +166,9 @@ def write_report(args, table, path):
              f"on the top {args.short} (one window). Consistency: mean Spearman correlation between the scores that "
              f"two consecutive windows give the passages they share (anchors and overlap). p: paired t-test of "
              f"top {args.depth} against top {args.short}, uncorrected. HeadRank's default: overlap {DEFAULT_OVERLAP}, "
-             f"merge `{DEFAULT_MERGE}`.", "",
+             f"merge `{DEFAULT_MERGE}`."
+             + (f" {kept} rows are kept from the previous run of this script (collections or overlaps this run did "
+                "not measure again)." if kept else ""), "",
              f"| collection | overlap | merge | scores | windows a list | consistency (pairs, shared) | "
              f"nDCG@10 top {args.short} | nDCG@10 top {args.depth} | difference | p | s a list (top {args.short}) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -186,10 +196,11 @@ def main(argv=None):
     quiet_offline_environment()
     import pandas as pd
 
-    table = pd.concat([measure(args, name) for name in args.collections], ignore_index=True)
     stem = RESULTS / f"long_lists_{args.model}"
+    table = pd.concat([measure(args, name) for name in args.collections], ignore_index=True)
+    table, kept = with_previous(table, stem.with_suffix(".csv"), ["collection", "overlap", "merge", "scores"])
     table.to_csv(stem.with_suffix(".csv"), index=False)
-    write_report(args, table, stem.with_suffix(".md"))
+    write_report(args, table, stem.with_suffix(".md"), kept)
     print(stem.with_suffix(".md").read_text())
 
 

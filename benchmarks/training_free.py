@@ -18,7 +18,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import COLLECTIONS, RESULTS, quiet_offline_environment  # noqa: E402
+from _common import COLLECTIONS, RESULTS, quiet_offline_environment, with_previous  # noqa: E402
 
 BANDS = {"early (0-1/4)": (0.0, 0.25), "middle (1/4-1/2)": (0.25, 0.5), "upper middle (1/2-3/4)": (0.5, 0.75),
          "late (3/4-1)": (0.75, 1.0), "lower half (0-1/2)": (0.0, 0.5), "middle half (1/4-3/4)": (0.25, 0.75),
@@ -103,20 +103,6 @@ def choose(table):
     return by_order, bands, chosen.to_dict() | {"order": order, "pairs": len(pairs), "order_pairs": len(full)}
 
 
-def with_previous(table, path):
-    """``table`` plus the rows of the previous results file that it does not measure again (profiles are not
-    committed, so a run on another machine may lack some); (merged table, rows kept)."""
-    import pandas as pd
-
-    if not path.exists():
-        return table, 0
-    key = ["model", "collection", "order", "band"]
-    previous = pd.read_csv(path, dtype={"order": str})
-    measured = set(map(tuple, table[key].astype(str).to_numpy()))
-    kept = previous[[tuple(row) not in measured for row in previous[key].astype(str).to_numpy()]]
-    return pd.concat([table, kept], ignore_index=True), len(kept)
-
-
 def write_report(table, by_order, bands, chosen, path, kept: int = 0):
     wide = table[table.order != "-"].pivot_table(index=["order", "band"], columns=["model", "collection"],
                                                   values="ndcg10")
@@ -154,7 +140,8 @@ def main(argv=None):
                                                               "cacm", "vaswani", "cisi"])
     args = parser.parse_args(argv)
     quiet_offline_environment()
-    table, kept = with_previous(measure(args.models, args.collections), RESULTS / "training_free.csv")
+    table, kept = with_previous(measure(args.models, args.collections), RESULTS / "training_free.csv",
+                                ["model", "collection", "order", "band"])
     by_order, bands, chosen = choose(table)
     table.to_csv(RESULTS / "training_free.csv", index=False)
     write_report(table, by_order, bands, chosen, RESULTS / "training_free.md", kept)

@@ -15,7 +15,7 @@ _EXPORTS = {
     "HeadRank": ".reranker",
     "HeadRankCache": ".cache",
     "HeadSet": ".heads",
-    "FitSettings": ".fitting",
+    "FitSettings": ".training.settings",
     "selectivity": ".metrics",
     "ALIASES": ".models",
     "load_model": ".models",

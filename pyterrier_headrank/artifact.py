@@ -7,10 +7,13 @@ A folder holds:
 * ``adapter.safetensors``: the LoRA weights (only when the reranker was aligned);
 * ``training.json``: what fit did (data sizes, settings, selected heads, per-head profile, training curve, timings);
 * ``pt_meta.json``: PyTerrier's artifact metadata (type ``reranker``, format ``headrank``), so that
-  ``pt.Artifact.load(path)`` finds :class:`HeadRankArtifact` through the ``pyterrier.artifact`` entry point.
+  ``pt.Artifact.load(path)`` finds :class:`~pyterrier_headrank.hub.HeadRankArtifact` through the
+  ``pyterrier.artifact`` entry point.
 
-``HeadRank.to_hf`` / ``HeadRank.from_hf`` move the same folder through the Hugging Face hub as a PyTerrier artifact
-package; ``HeadRank.from_pretrained`` accepts a folder or a hub id.
+This module reads and writes folders and knows nothing of :class:`HeadRank` (which builds itself from
+:class:`FitParts`, see ``HeadRank.from_parts``). ``HeadRank.to_hf`` / ``HeadRank.from_hf`` move the same folder
+through the Hugging Face hub as a PyTerrier artifact package (:func:`upload`, :func:`download`);
+``HeadRank.from_pretrained`` accepts a folder, a shipped fit's name or a hub id (:func:`locate`).
 """
 from __future__ import annotations
 
@@ -27,10 +30,10 @@ import numpy as np
 import pyterrier as pt
 
 from . import compat
-from .alignment import Adapter, AdapterConfig
 from .attention import model_shape
 from .heads import HeadSet
 from .selection import HeadProfile
+from .training.lora import Adapter, AdapterConfig
 
 FORMAT_VERSION = 1
 ARTIFACT_TYPE = "reranker"
@@ -203,14 +206,15 @@ def _read_adapter(folder: pathlib.Path, data: dict) -> Optional[dict]:
 
 
 class FitParts(NamedTuple):
-    """What a folder holds, checked: the model it was fitted on, its heads and settings, the fitted state (adapter
-    and model fingerprint), and what fit recorded."""
+    """A fit: the model it was fitted on, its heads, its fitted settings, the fitted state (adapter; from a folder,
+    with the model fingerprint it checks), and what fit recorded. What a folder holds (checked) and what
+    :func:`~pyterrier_headrank.training.fit.fit` returns; ``HeadRank.from_parts`` and ``HeadRank.apply_fit`` take it."""
 
     model: Optional[str]
     model_class: Optional[str]
     heads: HeadSet
     settings: dict
-    state: FittedState
+    state: Optional[Adapter]
     profile: Optional[HeadProfile]
     summary: Optional[dict]
 
@@ -249,22 +253,6 @@ def _read_fit_with_stamps(folder: pathlib.Path, stamps: tuple) -> FitParts:
     return read_fit(folder)
 
 
-def load_folder(path, **overrides):
-    """A :class:`HeadRank` from a folder written by :func:`save`; ``overrides`` replace constructor arguments."""
-    from .reranker import HeadRank
-
-    parts = read_fit(path)
-    model = overrides.pop("model", parts.model)
-    if model is None:
-        raise ValueError(f"HeadRank: '{path}' was fitted on a model given as an object ({parts.model_class}); "
-                         f"pass it again: HeadRank.from_pretrained(path, model=..., tokenizer=...)")
-    reranker = HeadRank(model, heads=parts.heads, **{**parts.settings, **overrides})
-    reranker.adapter_ = parts.state
-    reranker.head_profile_ = parts.profile
-    reranker.fit_summary_ = parts.summary
-    return reranker
-
-
 #: Fitted rerankers shipped inside the package, loadable by name (see ``pretrained/``).
 PRETRAINED = pathlib.Path(__file__).resolve().parent / "pretrained"
 
@@ -273,60 +261,39 @@ def pretrained_names() -> list:
     return sorted(p.name for p in PRETRAINED.iterdir() if (p / "headrank.json").is_file()) if PRETRAINED.is_dir() else []
 
 
-def load(path_or_hub_id, **overrides):
-    """A folder (see :func:`save`), the name of a shipped fit (:func:`pretrained_names`, e.g.
-    ``smollm2-135m-scifact``), or a Hugging Face hub id (``org/name[@branch]``, see :func:`from_hf`)."""
+def locate(path_or_hub_id) -> Optional[pathlib.Path]:
+    """The folder that ``path_or_hub_id`` names: a folder (see :func:`save`) or the name of a shipped fit
+    (:func:`pretrained_names`, e.g. ``smollm2-135m-scifact``); ``None`` for a Hugging Face hub id
+    (``org/name[@branch]``, see :func:`download`). Anything else is refused."""
     text = str(path_or_hub_id)
     if os.path.exists(text):
-        return load_folder(text, **overrides)
+        return pathlib.Path(text)
     if text in pretrained_names():
-        return load_folder(PRETRAINED / text, **overrides)
+        return PRETRAINED / text
     if _HUB_ID.match(text) and not text.startswith((".", "/")):
-        return from_hf(text, **overrides)
+        return None
     raise FileNotFoundError(f"HeadRank: '{text}' is neither a folder, a shipped fit ({', '.join(pretrained_names())}) "
                             f"nor a Hugging Face hub id ('org/name')")
 
 
-class HeadRankArtifact(pt.Artifact, pt.Transformer):
-    """A HeadRank folder as a PyTerrier artifact; also usable directly as the reranker it holds.
-
-    ``pt.Artifact.load(path)`` returns one of these; :meth:`reranker` gives the :class:`HeadRank`.
-    """
-
-    ARTIFACT_TYPE = ARTIFACT_TYPE
-    ARTIFACT_FORMAT = ARTIFACT_FORMAT
-    ARTIFACT_PACKAGE_HINT = "pyterrier-headrank"
-
-    def __init__(self, path, **overrides):
-        pt.Artifact.__init__(self, path)
-        self._reranker = load_folder(path, **overrides)
-
-    def reranker(self):
-        return self._reranker
-
-    def transform(self, inp):
-        return self._reranker.transform(inp)
-
-    def __repr__(self) -> str:
-        return f"HeadRankArtifact({str(self.path)!r})"
-
-
-def to_hf(reranker, repo: str, **kwargs) -> None:
-    """Save ``reranker`` to a temporary folder and upload it as a PyTerrier artifact package (needs network)."""
+def upload(reranker, repo: str, **kwargs) -> None:
+    """Save ``reranker`` to a temporary folder and upload it as a PyTerrier artifact package (needs network); the
+    folder's ``pt_meta.json`` tells PyTerrier what it holds."""
     with tempfile.TemporaryDirectory() as tmp:
-        folder = os.path.join(tmp, "headrank")
-        save(reranker, folder)
-        HeadRankArtifact(folder).to_hf(repo, **kwargs)
+        folder = save(reranker, os.path.join(tmp, "headrank"))
+        pt.Artifact(folder).to_hf(repo, **kwargs)
 
 
-def from_hf(repo: str, **overrides):
-    """Download (once, into PyTerrier's artifact cache) and load a reranker uploaded with :func:`to_hf`."""
+def download(repo: str, **overrides):
+    """Download (once, into PyTerrier's artifact cache) a reranker uploaded with :func:`upload`; returns the
+    artifact that PyTerrier loads it as (``pyterrier_headrank.hub.HeadRankArtifact``)."""
     try:
         artifact = pt.Artifact.from_hf(repo, **overrides)
     except (OSError, ValueError) as err:
         raise OSError(f"HeadRank: could not fetch '{repo}' from the Hugging Face hub ({type(err).__name__}: {err}). "
                       f"Without network, download the artifact elsewhere and pass its folder to "
                       f"HeadRank.from_pretrained.") from err
-    if not isinstance(artifact, HeadRankArtifact):
+    found = (getattr(artifact, "ARTIFACT_TYPE", None), getattr(artifact, "ARTIFACT_FORMAT", None))
+    if found != (ARTIFACT_TYPE, ARTIFACT_FORMAT):
         raise ValueError(f"HeadRank: '{repo}' is a {type(artifact).__name__}, not a HeadRank reranker")
-    return artifact.reranker()
+    return artifact

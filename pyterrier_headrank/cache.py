@@ -45,6 +45,7 @@ import torch
 from . import __version__
 from .frames import add_ranks, first_stage_order
 from .heads import HeadSet
+from .hub import HeadRankArtifact
 
 #: Bumped when the key or the stored format changes; older entries then simply miss (or the file is refused).
 CACHE_FORMAT = 1
@@ -227,8 +228,6 @@ def scorer_fingerprint(reranker) -> str:
 
 def _scoring_target(reranker):
     """The reranker whose settings decide the scores: a :class:`HeadRankArtifact` is keyed by the HeadRank inside."""
-    from .artifact import HeadRankArtifact
-
     return reranker.reranker() if isinstance(reranker, HeadRankArtifact) else reranker
 
 

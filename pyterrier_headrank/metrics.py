@@ -61,6 +61,18 @@ def _ranked(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     return frame[["qid", "docno", "position"]]
 
 
+def quarter(n):
+    """The size of the top (and of the bottom) quartile of a list of ``n``: ``ceil(n / 4)`` (``n`` may be an array)."""
+    return np.ceil(np.asarray(n) / 4).astype(int)
+
+
+def in_middle_zone(position, n):
+    """Whether the 0-based first-stage ``position`` of a list of ``n`` lies in its middle zone: between the top and
+    the bottom quartile; lists of fewer than 3 have none. Both arguments may be arrays (or Series) of one length."""
+    size = quarter(n)
+    return (position >= size) & (position < np.asarray(n) - size) & (np.asarray(n) >= 3)
+
+
 def selectivity(reranked: pd.DataFrame, first_stage: pd.DataFrame, qrels: pd.DataFrame) -> Selectivity:
     """Middle-zone selectivity of ``reranked`` relative to ``first_stage`` (see the module docstring).
 
@@ -81,9 +93,8 @@ def selectivity(reranked: pd.DataFrame, first_stage: pd.DataFrame, qrels: pd.Dat
     both = both.merge(grades, on=["qid", "docno"], how="left")
     both["label"] = both["label"].fillna(0)
     n = both.groupby("qid")["docno"].transform("size")
-    quarter = np.ceil(n / 4).astype(int)
-    middle = (both["before"] >= quarter) & (both["before"] < n - quarter) & (n >= 3)
-    lifted = both["after"] < quarter
+    middle = in_middle_zone(both["before"], n)
+    lifted = both["after"] < quarter(n)
     relevant = both["label"] > 0
     rel_mid, irr_mid = middle & relevant, middle & ~relevant
     n_rel, n_irr = int(rel_mid.sum()), int(irr_mid.sum())

@@ -1,6 +1,7 @@
 """``HeadRank``: the PyTerrier reranker, and a framework-free ``rank(query, passages)`` beside it."""
 from __future__ import annotations
 
+import copy
 import pathlib
 import threading
 import warnings
@@ -13,7 +14,7 @@ import pyterrier as pt
 import torch
 
 from . import compat
-from .artifact import read_fit_once
+from .artifact import FitParts, download, locate, read_fit, read_fit_once, save, upload
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .cascade import pool_on_top, rescore_pool
@@ -24,6 +25,7 @@ from .models import check_model_argument, loaded
 from .prompt import ListwisePrompt, Window
 from .registry import advise_fitting, default_fit_path
 from .slots import check_slot_bias, corrected
+from .training.fit import fit
 from .windows import DEFAULT_OVERLAP, merge_window_scores, plan_windows
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
@@ -345,12 +347,42 @@ class HeadRank(pt.Estimator):
 
         Takes result frames with text (qid, query, docno, text); inside a pipeline
         (``(bm25 % 20 >> text_loader >> HeadRank()).fit(topics, qrels)``) PyTerrier runs the earlier stages first.
-        ``settings`` override ``self.fit_settings`` (a :class:`pyterrier_headrank.fitting.FitSettings`; its defaults
-        when unset): ``k``, ``lam``, ``align``, ``epochs``, ``lr``, ``rank``, ``beta``, ``gamma``, ``eta``, ``seed``...
-        Graded and binary qrels both work. Returns ``self``; ``fit_summary_`` says what was done.
+        ``settings`` override ``self.fit_settings`` (a :class:`~pyterrier_headrank.training.settings.FitSettings`;
+        its defaults when unset): ``k``, ``lam``, ``align``, ``epochs``, ``lr``, ``rank``, ``beta``, ``gamma``,
+        ``eta``, ``seed``...
+        Graded and binary qrels both work. Returns ``self``, with the fit applied (:meth:`apply_fit`);
+        ``fit_summary_`` says what was done.
         """
-        from .fitting import fit
-        return fit(self, train_topics_or_results, train_qrels, valid_topics_or_results, valid_qrels, **settings)
+        self.apply_fit(fit(self, train_topics_or_results, train_qrels, valid_topics_or_results, valid_qrels,
+                           **settings))
+        return self
+
+    def apply_fit(self, parts: FitParts) -> None:
+        """Take the heads, adapter, fitted settings and records of ``parts`` (what :func:`~.training.fit.fit` returns,
+        or a saved folder); what a registered default fit set goes with it."""
+        self.heads, self.adapter_ = parts.heads, parts.state
+        self.head_profile_, self.fit_summary_ = parts.profile, parts.summary
+        for name, value in parts.settings.items():
+            setattr(self, name, value)
+        self.default_fit, self.settings_from_default_fit = None, ()
+        self.reset()
+
+    def with_fit(self, parts: FitParts) -> "HeadRank":
+        """A copy of this reranker with ``parts`` applied (this one is left as it is)."""
+        copied = copy.copy(self)
+        copied.apply_fit(parts)
+        return copied
+
+    def unfitted(self) -> "HeadRank":
+        """A copy without the registered default fit's adapter and fitted settings (the caller's settings and the
+        heads stay): where a fresh fit starts."""
+        copied = copy.copy(self)
+        copied.adapter_ = None
+        for name in self.settings_from_default_fit:
+            setattr(copied, name, None)
+        copied.default_fit, copied.settings_from_default_fit = None, ()
+        copied.reset()
+        return copied
 
     def _adapted(self, model):
         """``model`` with this reranker's fitted LoRA adapters applied (a shallow copy), or ``model`` itself."""
@@ -359,25 +391,38 @@ class HeadRank(pt.Estimator):
 
     def save(self, path) -> str:
         """Write this reranker (settings, heads, adapter weights, training summary) to the folder ``path``."""
-        from .artifact import save
         return save(self, path)
 
     @classmethod
+    def from_parts(cls, parts: FitParts, **overrides) -> "HeadRank":
+        """A reranker from a saved folder's contents (:func:`~.artifact.read_fit`); ``overrides`` replace
+        constructor arguments (``model`` too)."""
+        model = overrides.pop("model", parts.model)
+        if model is None:
+            raise ValueError(f"HeadRank: {parts.state.source} was fitted on a model given as an object "
+                             f"({parts.model_class}); pass it again: HeadRank.from_pretrained(path, model=..., "
+                             f"tokenizer=...)")
+        reranker = cls(model, heads=parts.heads, **{**parts.settings, **overrides})
+        reranker.adapter_, reranker.head_profile_, reranker.fit_summary_ = parts.state, parts.profile, parts.summary
+        return reranker
+
+    @classmethod
     def from_pretrained(cls, path_or_hub_id, **overrides) -> "HeadRank":
-        """Load a reranker saved with :meth:`save` from a folder, or from a Hugging Face hub id (``org/name``)."""
-        from .artifact import load
-        return load(path_or_hub_id, **overrides)
+        """Load a reranker saved with :meth:`save` from a folder, a shipped fit's name, or a Hugging Face hub id
+        (``org/name``)."""
+        folder = locate(path_or_hub_id)
+        if folder is None:
+            return cls.from_hf(str(path_or_hub_id), **overrides)
+        return cls.from_parts(read_fit(folder), **overrides)
 
     def to_hf(self, repo: str, **kwargs) -> None:
         """Upload this reranker's saved folder to the Hugging Face hub (as a PyTerrier artifact)."""
-        from .artifact import to_hf
-        to_hf(self, repo, **kwargs)
+        upload(self, repo, **kwargs)
 
     @classmethod
     def from_hf(cls, repo: str, **overrides) -> "HeadRank":
         """Download a reranker uploaded with :meth:`to_hf` (``org/name``, optionally ``@branch``)."""
-        from .artifact import from_hf
-        return from_hf(repo, **overrides)
+        return download(repo, **overrides).reranker()
 
     # ---- PyTerrier ----------------------------------------------------------------------------------------------
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:

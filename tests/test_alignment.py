@@ -7,22 +7,13 @@ import pytest
 import torch
 
 from pyterrier_headrank import HeadRank, HeadSet
-from pyterrier_headrank.alignment import (
-    AdapterConfig,
-    AlignSettings,
-    AttentionReplay,
-    adapted_layers,
-    attach_lora,
-    list_loss,
-    lora_parameters,
-    pairwise_loss,
-    preference_pairs,
-    prepare,
-    regulariser,
-    train_adapters,
-)
 from pyterrier_headrank.attention import AttentionReader
 from pyterrier_headrank.prompt import ListwisePrompt
+from pyterrier_headrank.training.lora import AdapterConfig, adapted_layers, attach_lora, lora_parameters
+from pyterrier_headrank.training.losses import pairwise_loss, regulariser
+from pyterrier_headrank.training.pairs import preference_pairs
+from pyterrier_headrank.training.replay import AttentionReplay, prepare
+from pyterrier_headrank.training.trainer import AlignSettings, list_loss, train_adapters
 
 import fit_data
 

@@ -99,20 +99,26 @@ def test_long_list_consistency_and_merged_runs_on_known_window_scores():
     assert attention.sort_values("rank").docno.iloc[0] == "d0"
 
 
-def test_training_free_keeps_only_the_previous_figures_it_did_not_measure_again(tmp_path):
+def test_benchmarks_keep_only_the_previous_figures_they_did_not_measure_again(tmp_path):
     import pandas as pd
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from training_free import with_previous
+    from _common import with_previous
 
     old = pd.DataFrame({"model": ["a", "a", "b"], "collection": ["x", "x", "x"], "order": ["-", "reversed", "-"],
                         "band": ["first stage", "late", "first stage"], "ndcg10": [0.1, 0.2, 0.3]})
     old.to_csv(tmp_path / "previous.csv", index=False)
     new = pd.DataFrame({"model": ["a"], "collection": ["x"], "order": ["reversed"], "band": ["late"], "ndcg10": [0.25]})
-    merged, kept = with_previous(new, tmp_path / "previous.csv")
+    key = ["model", "collection", "order", "band"]
+    merged, kept = with_previous(new, tmp_path / "previous.csv", key)
     assert kept == 2 and len(merged) == 3
     assert merged.set_index(["model", "order"]).loc[("a", "reversed"), "ndcg10"] == 0.25  # measured again: new
-    assert with_previous(new, tmp_path / "absent.csv") == (new, 0)
+    assert with_previous(new, tmp_path / "absent.csv", key) == (new, 0)
+    pd.DataFrame({"collection": ["x", "y"], "overlap": [0, 10], "delta": [0.1, 0.2]}).to_csv(tmp_path / "long.csv",
+                                                                                       index=False)
+    again = pd.DataFrame({"collection": ["x"], "overlap": [0], "delta": [0.3]})
+    merged, kept = with_previous(again, tmp_path / "long.csv", ["collection", "overlap"])
+    assert kept == 1 and merged.overlap.tolist() == [0, 10] and merged.delta.tolist() == [0.3, 0.2]
 
 
 def test_effectiveness_reuses_stored_runs_only_under_the_settings_they_were_made_with(tmp_path, monkeypatch):

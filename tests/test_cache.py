@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.alignment import Adapter, AdapterConfig, attach_lora, lora_state
 from pyterrier_headrank.baselines import ICR, RankGPT
 from pyterrier_headrank.cache import HeadRankCache, HeadRankCacheError, candidate_list_key, scorer_fingerprint
+from pyterrier_headrank.training.lora import Adapter, AdapterConfig, attach_lora, lora_state
 
 import fit_data
 from conftest import QWEN3_TOKENIZER, tiny_decoder

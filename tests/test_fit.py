@@ -4,8 +4,9 @@ import pyterrier as pt
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.fitting import FitSettings, candidate_lists
 from pyterrier_headrank.fusion import ScoreFusion, fuse, fusion_weight
+from pyterrier_headrank.training.lists import candidate_lists
+from pyterrier_headrank.training.settings import FitSettings
 
 import fit_data
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pyterrier_headrank.alignment import middle_zone
 from pyterrier_headrank.metrics import selectivity, selectivity_table
+from pyterrier_headrank.training.pairs import middle_zone
 
 
 def _frame(qid, docnos):

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from pyterrier_headrank import HeadRank, HeadSet
-from pyterrier_headrank.fitting import candidate_lists
 from pyterrier_headrank.plots import head_map
 from pyterrier_headrank.selection import HeadProfile, default_max_layer, normalised_entropy, profile_heads
+from pyterrier_headrank.training.lists import candidate_lists
 
 import fit_data
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from pyterrier_headrank import HeadRank, HeadRankCache
-from pyterrier_headrank.fitting import candidate_lists
 from pyterrier_headrank.slots import SLOT_BINS, corrected, learn_slot_bias, slot_bins
+from pyterrier_headrank.training.lists import candidate_lists
 
 import fit_data
 

@@ -520,7 +520,7 @@ def training_data(args):
     return frame, qrels
 
 
-#: ``headrank fit`` option -> HeadRank.fit setting (see pyterrier_headrank.fitting.FitSettings)
+#: ``headrank fit`` option -> HeadRank.fit setting (see pyterrier_headrank.training.settings.FitSettings)
 FIT_OPTIONS = {"num_heads": "k", "lam": "lam", "max_layer": "max_layer", "select_queries": "select_queries",
                "epochs": "epochs", "seed": "seed"}
 

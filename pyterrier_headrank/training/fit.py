@@ -7,13 +7,15 @@ The steps, on the training candidate lists (each query's candidates in first-sta
    the head set. Training-free: with ``align=False`` this is all that fit does.
 2. **Alignment** (``align=True``): the head weights (``learn_weights``) and LoRA adapters on q/k of the
    ``adapt_layers`` deepest layers holding selected heads, trained on cached hidden states of the frozen layers below
-   (:mod:`~pyterrier_headrank.alignment`). The number of
+   (:mod:`~pyterrier_headrank.training`). The number of
    epochs is chosen on the validation lists when given (early stopping, best epoch kept, epoch 0 = no alignment
    included), else by cross-fitting over ``cv_folds`` folds of the training lists (out-of-fold nDCG@10 per epoch),
    else fixed. Small training sets overfit fast, so epochs are never chosen on the training lists themselves.
 
 Settings come from :class:`FitSettings` (``reranker.fit_settings``, for pipelines whose ``fit`` passes only the data)
-overridden by keyword arguments of ``fit``. Fits are repeatable for a given ``seed``.
+overridden by keyword arguments of ``fit``. Fits are repeatable for a given ``seed``. :func:`fit` returns what it
+learned as :class:`~pyterrier_headrank.artifact.FitParts` (what a saved folder holds too) and leaves the reranker
+as it was; ``HeadRank.fit`` applies the result (``HeadRank.apply_fit``).
 """
 from __future__ import annotations
 
@@ -21,158 +23,23 @@ import dataclasses
 import datetime
 import time
 import warnings
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 import pyterrier as pt
 import torch
 
-from .alignment import (
-    Adapter,
-    AdapterConfig,
-    AlignSettings,
-    AttentionReplay,
-    adapted_layers,
-    attach_lora,
-    has_pairs,
-    lora_state,
-    prepare,
-    train_adapters,
-)
-from .frames import clean_text, first_stage_order, first_stage_scores
-from .fusion import best_weight
-from .metrics import ndcg10
-from .selection import profile_heads
-from .slots import learn_slot_bias
-
-# ----------------------------------------------------------------------------------------------------------------
-# settings
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FitSettings:
-    """Settings of :meth:`HeadRank.fit` and their defaults.
-
-    Selection: ``select`` (choose heads; False keeps the reranker's heads), ``k`` heads, ``lam`` (entropy penalty),
-    ``max_layer`` (deepest layer considered; None = two thirds of the depth), ``select_queries`` (profile at most
-    this many training lists, drawn with ``seed``; None = all).
-    Alignment: ``align``, ``learn_weights`` (also train the head weights), ``adapt_layers`` (LoRA on the this-many
-    deepest layers holding selected heads; 0 = all of them; each more layer makes a training step cost about one more
-    layer), ``rank``, ``alpha``, ``targets``,
-    ``epochs`` (at most), ``lr``, ``weight_decay``, ``beta`` (pairwise temperature), ``gamma`` (entropy weight of
-    Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
-    model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
-    ``cv_folds`` (cross-fitting folds when no validation data is given; 0 or 1 = train ``epochs`` epochs).
-    Position bias: ``slot_correction`` (learn the per-slot correction, :mod:`~pyterrier_headrank.slots`, on the
-    training lists and set it on the reranker; False leaves ``reranker.slot_bias`` as it is).
-    Fusion: ``fuse`` (choose the weight of the first stage's score, :mod:`~pyterrier_headrank.fusion`, on the
-    validation queries, which it then needs, and set it on the reranker; False leaves ``reranker.fuse`` as it is).
-    """
-
-    select: bool = True
-    k: int = 8
-    lam: float = 0.1
-    max_layer: Optional[int] = None
-    select_queries: Optional[int] = None
-    align: bool = True
-    learn_weights: bool = True
-    adapt_layers: int = 1
-    rank: int = 8
-    alpha: float = 16.0
-    targets: Tuple[str, ...] = ("q_proj", "k_proj")
-    # the alignment knobs default to AlignSettings', so that the two cannot drift apart
-    epochs: int = AlignSettings.epochs
-    lr: float = AlignSettings.lr
-    weight_decay: float = AlignSettings.weight_decay
-    beta: float = AlignSettings.beta
-    gamma: float = AlignSettings.gamma
-    eta: float = AlignSettings.eta
-    reference: bool = AlignSettings.reference
-    max_pairs: int = AlignSettings.max_pairs
-    hard_negatives: int = AlignSettings.hard_negatives
-    patience: int = AlignSettings.patience
-    cv_folds: int = 3
-    slot_correction: bool = False
-    fuse: bool = False
-    seed: int = AlignSettings.seed
-    verbose: bool = True
-
-    def replace(self, **overrides) -> "FitSettings":
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"HeadRank.fit: unknown setting(s) {unknown}; known: {sorted(names)}")
-        return dataclasses.replace(self, **overrides)
-
-    def align_settings(self) -> AlignSettings:
-        return AlignSettings(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, beta=self.beta,
-                             gamma=self.gamma, eta=self.eta, reference=self.reference, max_pairs=self.max_pairs,
-                             hard_negatives=self.hard_negatives, patience=self.patience, seed=self.seed)
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["targets"] = list(self.targets)
-        return data
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# candidate lists from PyTerrier frames
-# ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CandidateList:
-    """One query's candidates in first-stage order, with their grades (0 for unjudged)."""
-
-    qid: str
-    query: str
-    docnos: List[str]
-    texts: List[str]
-    labels: np.ndarray
-    first_stage: np.ndarray
-
-
-NEEDS_CANDIDATES = ("HeadRank.fit needs candidate lists (columns qid, query, docno and the text column), not just "
-                    "topics: fit it inside a pipeline, e.g. `(bm25 % 20 >> text_loader >> HeadRank(...)).fit(topics, "
-                    "qrels)` (PyTerrier runs the first stages), or pass the first stage's results with text.")
-
-
-def check_qrels(qrels: pd.DataFrame, what: str = "qrels") -> pd.DataFrame:
-    if qrels is None or not {"qid", "docno", "label"} <= set(qrels.columns):
-        raise ValueError(f"HeadRank.fit: {what} need the columns qid, docno, label (PyTerrier's qrels format)")
-    out = qrels[["qid", "docno", "label"]].copy()
-    out["qid"], out["docno"] = out["qid"].astype(str), out["docno"].astype(str)
-    return out
-
-
-def candidate_lists(results: pd.DataFrame, qrels: pd.DataFrame, text_field: str = "text") -> List[CandidateList]:
-    """Group a result frame into :class:`CandidateList` objects (first-stage order: rank, else score, else as given)."""
-    if results is None or not isinstance(results, pd.DataFrame):
-        raise ValueError(NEEDS_CANDIDATES)
-    missing = {"qid", "query", "docno", text_field} - set(results.columns)
-    if missing:
-        raise ValueError(f"{NEEDS_CANDIDATES} (missing columns: {sorted(missing)})")
-    qrels = check_qrels(qrels)
-    grades = {(q, d): float(l) for q, d, l in qrels.itertuples(index=False)}
-    frame = first_stage_order(results.astype({"qid": str}))
-    lists = []
-    for qid, group in frame.groupby("qid", sort=False):
-        docnos = group["docno"].astype(str).tolist()
-        texts = [clean_text(t) for t in group[text_field]]
-        scores = first_stage_scores(group)
-        lists.append(CandidateList(qid, str(group["query"].iloc[0]), docnos, texts,
-                                   np.array([max(0.0, grades.get((qid, d), 0.0)) for d in docnos]), scores))
-    if not lists:
-        raise ValueError("HeadRank.fit: the training frame has no candidates")
-    return lists
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# fit
-# ----------------------------------------------------------------------------------------------------------------
+from ..artifact import FitParts
+from ..fusion import best_weight
+from ..heads import HeadSet
+from ..metrics import ndcg10
+from ..selection import profile_heads
+from ..slots import learn_slot_bias
+from .lists import CandidateList, candidate_lists, check_qrels
+from .lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_state
+from .replay import AttentionReplay, has_pairs, prepare
+from .settings import FitSettings
+from .trainer import AlignResult, AlignSettings, train_adapters
 
 
 def _windows(reranker, lists: Sequence[CandidateList]):
@@ -192,57 +59,49 @@ def _windows(reranker, lists: Sequence[CandidateList]):
     return windows, kept
 
 
-def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides):
-    """Fit ``reranker`` (a :class:`HeadRank`) in place and return it; see the module docstring."""
+def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides) -> FitParts:
+    """Fit ``reranker`` (a :class:`HeadRank`) and return what was learned (``HeadRank.apply_fit`` applies it; the
+    reranker itself is not changed); see the module docstring."""
     settings = _checked_settings(reranker, overrides, valid is not None)
     started = time.time()
     # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default); what a
     # registered default fit set (its adapter, fusion weight, slot correction) goes, the caller's settings stay
-    reranker.adapter_ = None
-    for name in reranker.settings_from_default_fit:
-        setattr(reranker, name, None)
-    reranker.default_fit, reranker.settings_from_default_fit = None, ()
-    reranker.reset()
-    reader, _, start_heads = reranker.engine()
-    train_lists = candidate_lists(train, train_qrels, reranker.text_field)
+    base = reranker.unfitted()
+    reader, _, start_heads = base.engine()
+    train_lists = candidate_lists(train, train_qrels, base.text_field)
     train_qrels = check_qrels(train_qrels)
-    has_valid = valid is not None
-    if has_valid:
-        if valid_qrels is None:
-            raise ValueError("HeadRank.fit: validation results need validation qrels")
-        valid_lists = candidate_lists(valid, valid_qrels, reranker.text_field)
-        valid_qrels = check_qrels(valid_qrels, "validation qrels")
-    else:
-        valid_lists = []
-    train_windows, train_kept = _windows(reranker, train_lists)
-    valid_windows, valid_kept = _windows(reranker, valid_lists)
+    if valid is not None and valid_qrels is None:
+        raise ValueError("HeadRank.fit: validation results need validation qrels")
+    valid_lists = candidate_lists(valid, valid_qrels, base.text_field) if valid is not None else []
+    valid_qrels = check_qrels(valid_qrels, "validation qrels") if valid is not None else None
+    train_windows, train_kept = _windows(base, train_lists)
+    valid_windows, valid_kept = _windows(base, valid_lists)
     summary = {
-        "model": reranker.model_name,
+        "model": base.model_name,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "settings": settings.to_dict(),
         "train": _describe(train_lists, train_kept),
-        "valid": _describe(valid_lists, valid_kept) if has_valid else None,
+        "valid": _describe(valid_lists, valid_kept) if valid is not None else None,
     }
-    heads, profile = start_heads, None
+    heads, profile, adapter = start_heads, None, None
     if settings.select:
         heads, profile, summary["selection"] = _select(reader, settings, train_lists, train_windows, train_kept,
-                                                       reranker.calibrate)
-    reranker.heads = heads
+                                                       base.calibrate)
     if settings.align:
-        summary["alignment"] = _align(reranker, reader, heads, settings, train_lists, train_windows, train_kept,
-                                      train_qrels, valid_lists, valid_windows, valid_kept, valid_qrels)
-    reranker.reset()  # from here on the engine holds the chosen heads and the fitted adapter
-    if has_valid and not settings.align:
-        summary["valid_ndcg10"] = _validation_ndcg(reranker, valid_lists, valid_kept, valid_qrels)
-    if settings.slot_correction:
-        reranker.slot_bias = None  # learned on uncorrected scores
-        reranker.slot_bias = summary["slot_bias"] = _slot_bias(reranker, train_lists, train_kept)
+        heads, adapter, summary["alignment"] = _align(base, reader, heads, settings, train_lists, train_windows,
+                                                      train_kept, train_qrels, valid_lists, valid_windows,
+                                                      valid_kept, valid_qrels)
+    learned = {"fuse": base.fuse, "slot_bias": None if settings.slot_correction else base.slot_bias}
+    fitted = base.with_fit(FitParts(base.model_name, None, heads, learned, adapter, profile, summary))
+    if valid is not None and not settings.align:
+        summary["valid_ndcg10"] = _validation_ndcg(fitted, valid_lists, valid_kept, valid_qrels)
+    if settings.slot_correction:  # learned on the fitted reranker's uncorrected scores
+        learned["slot_bias"] = summary["slot_bias"] = _slot_bias(fitted, train_lists, train_kept)
+        fitted = base.with_fit(FitParts(base.model_name, None, heads, learned, adapter, profile, summary))
     if settings.fuse:
-        reranker.fuse, summary["fusion"] = _fusion_weight(reranker, valid_lists, valid_kept, valid_qrels)
+        learned["fuse"], summary["fusion"] = _fusion_weight(fitted, valid_lists, valid_kept, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
-    reranker.head_profile_ = profile
-    reranker.fit_summary_ = summary
-    return reranker
+    return FitParts(base.model_name, None, heads, learned, adapter, profile, summary)
 
 
 def _checked_settings(reranker, overrides: dict, has_validation: bool) -> "FitSettings":
@@ -317,7 +176,8 @@ def _describe(lists: Sequence[CandidateList], kept) -> dict:
 
 
 def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_windows, train_kept, train_qrels,
-           valid_lists, valid_windows, valid_kept, valid_qrels) -> dict:
+           valid_lists, valid_windows, valid_kept, valid_qrels) -> Tuple[HeadSet, Adapter, dict]:
+    """LoRA adapters (and head weights) aligned on the training lists: (aligned heads, adapter, what was done)."""
     config = AdapterConfig(adapted_layers(heads, settings.adapt_layers), settings.rank, settings.alpha,
                            tuple(settings.targets))
     adapted = attach_lora(reader.model, config, settings.seed)
@@ -360,7 +220,6 @@ def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_wi
         result = train_adapters(replay, train_items, dataclasses.replace(align, epochs=epochs), None,
                                 verbose=settings.verbose) if epochs > 0 else None
         if result is None:  # cross-fitting preferred no alignment: keep the starting (identity) adapters
-            from .alignment import AlignResult
             result = AlignResult(history=[{"epoch": 0, "loss": None, "valid": None}])
     else:
         result = train_adapters(replay, train_items, align, None, verbose=settings.verbose)
@@ -370,10 +229,9 @@ def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_wi
     if valid_items:
         info["valid_ndcg10_before"] = result.history[0]["valid"]
         info["valid_ndcg10_after"] = max(r["valid"] for r in result.history)
-    reranker.adapter_ = Adapter(config, lora_state(adapted), adapted, reader.model)
-    reranker.heads = replay.head_set()
-    info["head_weights"] = [round(w, 4) for w in reranker.heads.weights]
-    return info
+    aligned = replay.head_set()
+    info["head_weights"] = [round(w, 4) for w in aligned.weights]
+    return aligned, Adapter(config, lora_state(adapted), adapted, reader.model), info
 
 
 def _cross_fit(replay, items, qrels, align: AlignSettings, settings: FitSettings, initial, evaluator):
