@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .frames import clean_text
+from .ranker import AttentionRanker
 from .windows import merge_window_scores
 
 COLUMNS = ["position", "docno", "window", "raw", "calibration", "score", "rank", "share", "calibration_share"]
@@ -65,10 +66,8 @@ def explain(reranker, query: str, passages: Sequence[str], docnos: Optional[Sequ
 
 def _checked(reranker, query, passages, docnos, labels):
     """(query, passage texts) after the checks that make a bad call fail before any model runs."""
-    from .reranker import HeadRank
-
-    if not isinstance(reranker, HeadRank):
-        raise TypeError(f"explain: needs a HeadRank (or a subclass), got {type(reranker).__name__}")
+    if not isinstance(reranker, AttentionRanker):
+        raise TypeError(f"explain: needs a HeadRank or an ICR (an attention ranker), got {type(reranker).__name__}")
     if reranker.order == "averaged":
         raise ValueError("explain: order='averaged' averages two reads of each window; explain one order at a time "
                          "(reranker.order = 'first-stage' or 'reversed')")

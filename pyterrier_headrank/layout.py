@@ -12,7 +12,7 @@ are ordinary causal rows, and only the few columns right of it (the suffix) need
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -58,12 +58,12 @@ class Layout:
                      passage_index=torch.zeros(shape, dtype=torch.long),
                      num_passages=max(w.num_passages for w in windows))
         layout.passage_index.fill_(layout.num_passages)
-        for row, (window, parts) in enumerate(zip(windows, suffixes)):
-            layout._fill_row(row, window, parts)
+        for row, (window, parts, offset) in enumerate(zip(windows, suffixes, prefix_offsets(windows))):
+            layout._fill_row(row, window, parts, offset)
         return layout
 
-    def _fill_row(self, row: int, window: Window, parts) -> None:
-        start, length = self.prefix_width - len(window.prefix_ids), len(window.prefix_ids)
+    def _fill_row(self, row: int, window: Window, parts, start: int) -> None:
+        length = len(window.prefix_ids)
         self._put(row, start, window.prefix_ids, PASSAGES, first_position=0)
         for j, (a, b) in enumerate(window.passage_spans):
             self.passage_index[row, start + a:start + b] = j
@@ -116,3 +116,10 @@ class Layout:
             visible = visible & (q_pos - k_pos < sliding_window)
         padding_rows = k_valid & (k_part == PASSAGES) & (q_part == PAD)
         return torch.where(q_part == PAD, padding_rows, visible)[:, None]
+
+
+def prefix_offsets(windows: Sequence[Window]) -> List[int]:
+    """Where each window's passages start in a batch's columns: prefixes are left-padded to the longest one, so a
+    window's token ``t`` (of its prefix) is column ``offset + t`` of the batch (and of a readout's ``token_mass``)."""
+    width = max(len(w.prefix_ids) for w in windows)
+    return [width - len(w.prefix_ids) for w in windows]

@@ -192,3 +192,10 @@ def loaded(model, tokenizer, device=None, dtype="auto", verbose: bool = False) -
     if isinstance(model, str):
         return load_model(model, device, dtype, verbose)
     return model, tokenizer
+
+
+def context_length(model) -> int:
+    """The longest prompt ``model`` accepts: ``max_position_embeddings`` of its text config (4096 when unset)."""
+    from .compat import text_config
+
+    return int(getattr(text_config(model.config), "max_position_embeddings", 4096) or 4096)

@@ -17,12 +17,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .. import compat
 from ..attention import AttentionReader
 from ..heads import HeadSet
-from ..models import loaded
+from ..layout import prefix_offsets
 from ..prompt import Window
-from ..reranker import HeadRank
+from ..ranker import AttentionRanker
 
 HELP_URL = "https://arxiv.org/abs/2410.02642"
 
@@ -44,14 +43,10 @@ def filtered_calibrated_sum(query_mass: torch.Tensor, calibration_mass: torch.Te
     return calibrated[calibrated > threshold].sum()
 
 
-def context_length(model) -> int:
-    """The longest prompt a model accepts (``max_position_embeddings`` of its text config)."""
-    config = compat.text_config(model.config)
-    return int(getattr(config, "max_position_embeddings", 4096) or 4096)
-
-
-class ICR(HeadRank):
+class ICR(AttentionRanker):
     """In-Context Re-ranking: calibrated, token-filtered attention of all heads of all layers.
+
+    A plain PyTerrier transformer: training-free, nothing to fit or save.
 
     Args:
         model: an alias (``smollm2-135m``, ``qwen3-0.6b``, ...), a hub id, a folder, a ``.gguf`` file, or a loaded
@@ -68,26 +63,12 @@ class ICR(HeadRank):
                  text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens=None, max_window_passages: int = 1000,
                  n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
-        if int(batch_size) < 1 or int(max_passage_tokens) < 1 or int(max_query_tokens) < 1:
-            raise ValueError("ICR: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
-        if int(n_anchors) < 0 or int(max_window_passages) < int(n_anchors) + 1:
-            raise ValueError("ICR: need n_anchors >= 0 and max_window_passages > n_anchors")
-        if max_window_tokens is not None and int(max_window_tokens) < 1:
-            raise ValueError("ICR: max_window_tokens must be >= 1 (or None for the model's context length)")
-        super().__init__(model, "zero-shot", tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
+        super().__init__(model, None, tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
                          batch_size=batch_size, max_passage_tokens=max_passage_tokens,
-                         max_query_tokens=max_query_tokens,
-                         max_window_tokens=1 if max_window_tokens is None else max_window_tokens,
+                         max_query_tokens=max_query_tokens, max_window_tokens=max_window_tokens,
                          max_window_passages=max_window_passages, n_anchors=n_anchors, order="first-stage",
                          device=device, dtype=dtype, verbose=verbose)
         self.token_filter = bool(token_filter)
-        self.max_window_tokens = None if max_window_tokens is None else int(max_window_tokens)  # None until loaded
-
-    def engine(self):
-        if self._loaded is None and self.max_window_tokens is None:
-            model = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)[0]
-            self.max_window_tokens = context_length(model)
-        return super().engine()
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         return HeadSet.all_heads(num_layers, num_heads)
@@ -101,34 +82,13 @@ class ICR(HeadRank):
         weights = weights.to(readout.token_mass)
         query = torch.einsum("bhk,h->bk", readout.token_mass, weights).cpu()  # summed over all heads and layers
         calibration = torch.einsum("bhk,h->bk", readout.calibration_token_mass, weights).cpu()
-        width = max(len(w.prefix_ids) for w in windows)  # prefixes are left-padded to the longest one
         scores = np.zeros((len(windows), max(w.num_passages for w in windows)))
-        for b, window in enumerate(windows):
-            pad = width - len(window.prefix_ids)
+        for b, (window, offset) in enumerate(zip(windows, prefix_offsets(windows))):
             for j, (start, end) in enumerate(window.passage_spans):
-                scores[b, j] = float(filtered_calibrated_sum(query[b, pad + start:pad + end],
-                                                             calibration[b, pad + start:pad + end],
+                scores[b, j] = float(filtered_calibrated_sum(query[b, offset + start:offset + end],
+                                                             calibration[b, offset + start:offset + end],
                                                              self.token_filter))
         return scores
-
-    def score_lists(self, lists, desc: str = "ICR"):
-        return super().score_lists(lists, desc=desc)
-
-    # ICR is training-free and has no saved form: HeadRank's fitting and saving do not apply to it.
-    def fit(self, *args, **kwargs):
-        raise TypeError("ICR: training-free, nothing to fit (HeadRank(...).fit selects and aligns heads)")
-
-    def save(self, path):
-        raise TypeError("ICR: nothing to save; recreate it with ICR(model)")
-
-    def to_hf(self, repo, **kwargs):
-        raise TypeError("ICR: nothing to upload; recreate it with ICR(model)")
-
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id, **overrides):
-        raise TypeError("ICR: has no saved form; use ICR(model), or HeadRank.from_pretrained for a fitted HeadRank")
-
-    from_hf = from_pretrained
 
     def schematic(self, *, input_columns=None):
         return {"label": "ICR", "help_url": HELP_URL}

@@ -18,7 +18,7 @@ import torch
 from .. import compat
 from ..models import check_model_argument, loaded
 from ..prompt import ListwisePrompt
-from ..reranker import rerank_frame
+from ..ranker import rerank_frame
 from .permutation import ParsedPermutation, parse_permutation
 
 HELP_URL = "https://arxiv.org/abs/2304.09542"
@@ -247,7 +247,7 @@ class RankGPT(pt.Transformer):
 
     # ---- PyTerrier ----------------------------------------------------------------------------------------------
     def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        return rerank_frame(self, inp)
+        return rerank_frame(self, inp, lambda lists, first_stage: self.score_lists(lists))  # the permutation alone
 
     def transform_inputs(self):
         return [["qid", "query", "docno", self.text_field]]
