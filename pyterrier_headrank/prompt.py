@@ -100,17 +100,7 @@ class ListwisePrompt:
         return list(encoded["input_ids"]), list(encoded["offset_mapping"])
 
     def truncate(self, texts: Sequence[str], max_tokens: int) -> Tuple[List[str], List[int]]:
-        """Cut texts to at most ``max_tokens`` tokens at a token boundary; return the texts and their token counts."""
-        if not texts:
-            return [], []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
-        cut, counts = [], []
-        for text, offsets in zip(texts, encoded["offset_mapping"]):
-            if len(offsets) > max_tokens:
-                text = text[: offsets[max_tokens - 1][1]]
-            cut.append(text)
-            counts.append(min(len(offsets), max_tokens))
-        return cut, counts
+        return truncate(self.tokenizer, texts, max_tokens)
 
     def truncate_passages(self, texts: Sequence[str]) -> Tuple[List[str], List[int]]:
         return self.truncate(texts, self.max_passage_tokens)
@@ -148,3 +138,18 @@ class ListwisePrompt:
 
     #: Upper bound on the tokens that number and separate one passage ("[12] " and a newline).
     PER_PASSAGE_TOKENS = 6
+
+
+def truncate(tokenizer, texts: Sequence[str], max_tokens: int) -> Tuple[List[str], List[int]]:
+    """Cut texts to at most ``max_tokens`` tokens of ``tokenizer`` at a token boundary; return the texts and their
+    token counts."""
+    if not texts:
+        return [], []
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    cut, counts = [], []
+    for text, offsets in zip(texts, encoded["offset_mapping"]):
+        if len(offsets) > max_tokens:
+            text = text[: offsets[max_tokens - 1][1]]
+        cut.append(text)
+        counts.append(min(len(offsets), max_tokens))
+    return cut, counts

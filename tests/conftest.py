@@ -8,7 +8,7 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get("HEADRANK_SHARED", ROOT.parent / "shared"))
+SHARED = pathlib.Path(os.environ.setdefault("HEADRANK_SHARED", str(ROOT.parent / "shared")))  # the package reads it
 QWEN3_TOKENIZER = SHARED / "models" / "qwen3-tokenizer"
 
 # nothing in the tests may download or write to the home folder; set before anything imports ir_datasets

@@ -6,6 +6,7 @@ folder when first imported, and conftest points IR_DATASETS_HOME at a temporary 
 import json
 import os
 import pathlib
+import sys
 
 import pandas as pd
 import pyterrier as pt
@@ -20,7 +21,7 @@ from pyterrier_headrank.data import (
     shared_name,
 )
 
-from conftest import SHARED, need
+from conftest import ROOT, SHARED, need
 
 DATA = SHARED / "data"
 
@@ -151,12 +152,14 @@ def no_network(monkeypatch):
 def test_ir_datasets_reads_placed_scifact_offline(data_dir, no_network, irds_id, n_topics, n_qrels):
     import ir_datasets
 
-    from pyterrier_headrank.data import beir_scifact_source_path
+    sys.path.insert(0, str(ROOT / "examples"))
+    from irds_offline import beir_scifact_source_path, place_for  # the developer's helper that the main job uses
 
     home = pathlib.Path(os.environ["IR_DATASETS_HOME"]).resolve()
     target = beir_scifact_source_path().resolve()
     assert home in target.parents, (f"ir_datasets was imported before IR_DATASETS_HOME was set: it would write to "
                                     f"{target}, outside {home}")
+    place_for(irds_id)
     collection = get_collection(irds_id, source="irds")
     assert isinstance(collection, IrdsCollection) and target.is_file()
 

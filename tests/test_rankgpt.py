@@ -80,7 +80,7 @@ class OracleRankGPT(RankGPT):
         self.broken_every = broken_every
 
     def _generate(self, prompts, max_new_tokens):
-        _, tokenizer, _ = self._load()
+        _, tokenizer = self._load()
         outputs = []
         for ids in prompts:
             text = tokenizer.decode(ids)

@@ -17,7 +17,7 @@ import torch
 
 from .. import compat
 from ..models import check_model_argument, loaded
-from ..prompt import ListwisePrompt
+from ..prompt import truncate
 from ..ranker import rerank_frame
 from .permutation import ParsedPermutation, parse_permutation
 
@@ -163,11 +163,9 @@ class RankGPT(pt.Transformer):
         return state
 
     def _load(self):
-        """(model, tokenizer, truncating prompt helper) on first use."""
+        """(model, tokenizer) on first use."""
         if self._loaded is None:
-            model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
-            self._loaded = (model, tokenizer, ListwisePrompt(tokenizer, self.max_passage_tokens,
-                                                             self.max_query_tokens))
+            self._loaded = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
         return self._loaded
 
     # ---- prompting and generation -------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ class RankGPT(pt.Transformer):
 
     def _generate(self, prompts: Sequence[List[int]], max_new_tokens: int) -> List[str]:
         """Greedy continuations of left-padded ``prompts``, decoded without special tokens."""
-        model, tokenizer, _ = self._load()
+        model, tokenizer = self._load()
         pad = compat.pad_token_id(tokenizer)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -210,13 +208,13 @@ class RankGPT(pt.Transformer):
     # ---- scoring ------------------------------------------------------------------------------------------------
     def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "RankGPT") -> List[np.ndarray]:
         """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
-        _, tokenizer, prompt = self._load()
+        _, tokenizer = self._load()
         orders = [list(range(len(passages))) for _, passages in lists]
         plans = [sliding_windows(len(passages), self.window_size, self.stride) for _, passages in lists]
         prepared = []
         for query, passages in lists:
-            (query,), _ = prompt.truncate([query.strip()], self.max_query_tokens)
-            prepared.append((query, prompt.truncate_passages(passages)[0]))
+            (query,), _ = truncate(tokenizer, [query.strip()], self.max_query_tokens)
+            prepared.append((query, truncate(tokenizer, passages, self.max_passage_tokens)[0]))
         steps = max((len(plan) for plan in plans), default=0)
         with pt.tqdm(total=sum(len(p) for p in plans), desc=desc, unit="window", disable=not self.verbose) as bar:
             for step in range(steps):  # step k of every list together: windows of one list depend on each other

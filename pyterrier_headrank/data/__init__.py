@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from .irds import BEIR_SCIFACT_IDS, IrdsCollection, beir_scifact_source_path, place_beir_scifact
+from .irds import IrdsCollection
 from .shared import IRDS_TO_SHARED, SHARED_ENV, SHARED_SPECS, SharedCollection, SharedSpec, data_dir, shared_dir
 from .text import TextLoader, join_title
 
@@ -33,8 +33,7 @@ def get_collection(name: str, source: str = "auto") -> Collection:
 
     ``source="auto"`` serves a shared set from its local copy when the files are there, and goes to ir_datasets
     otherwise (which needs network unless ir_datasets already has the files). ``"shared"`` insists on the local copy
-    (``FileNotFoundError`` if absent). ``"irds"`` goes through ir_datasets; for SciFact it first places the shared copy
-    where ir_datasets expects its download, so that it works offline too.
+    (``FileNotFoundError`` if absent). ``"irds"`` goes through ir_datasets.
     """
     if source not in SOURCES:
         raise ValueError(f"get_collection: source must be one of {SOURCES}, got {source!r}")
@@ -55,14 +54,9 @@ def get_collection(name: str, source: str = "auto") -> Collection:
                 raise
     if irds_id is None:
         raise KeyError(f"get_collection: {name!r} exists only as a local copy (ir_datasets has no such id)")
-    if irds_id in BEIR_SCIFACT_IDS:
-        try:
-            place_beir_scifact()
-        except FileNotFoundError:
-            pass  # no shared copy: ir_datasets downloads it
     return IrdsCollection(irds_id)
 
 
 __all__ = ["get_collection", "shared_name", "Collection", "SharedCollection", "SharedSpec", "IrdsCollection",
-           "TextLoader", "join_title", "place_beir_scifact", "beir_scifact_source_path", "shared_dir", "data_dir",
+           "TextLoader", "join_title", "shared_dir", "data_dir",
            "SHARED_SPECS", "IRDS_TO_SHARED", "SHARED_ENV"]

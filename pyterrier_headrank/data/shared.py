@@ -1,6 +1,6 @@
 """The offline copies of real test collections in the shared folder, as PyTerrier datasets.
 
-The shared folder (``../shared`` beside the project root, or ``$HEADRANK_SHARED``) holds every set in one layout:
+The shared folder (``$HEADRANK_SHARED``; ``../shared`` beside the project root in a checkout) holds every set in one layout:
 ``corpus.jsonl``, ``queries[_train].jsonl``, ``qrels[_train].tsv``, a first-stage ``run.*.txt`` and, for candidate
 sets, ``candidates.jsonl`` (see ``shared/data/README.md``). :class:`SharedCollection` reads them into frames in
 PyTerrier shape (qid, query / qid, docno, label / qid, docno, score, rank) with string ids.
@@ -22,16 +22,18 @@ from .text import TextLoader, check_fields, join_title
 SHARED_ENV = "HEADRANK_SHARED"
 
 
-def shared_dir() -> pathlib.Path:
-    """The shared folder: ``$HEADRANK_SHARED``, else ``shared`` beside the project root."""
-    if os.environ.get(SHARED_ENV):
-        return pathlib.Path(os.environ[SHARED_ENV])
-    return pathlib.Path(__file__).resolve().parents[3] / "shared"
+def shared_dir() -> Optional[pathlib.Path]:
+    """The shared folder that ``$HEADRANK_SHARED`` names, else ``None``. (A checkout of the project points it at
+    ``../shared`` in its Makefile, tests, examples and benchmarks; an installed package guesses nothing.)"""
+    return pathlib.Path(os.environ[SHARED_ENV]) if os.environ.get(SHARED_ENV) else None
 
 
 def data_dir() -> pathlib.Path:
     """Where the collections are: ``<shared>/data``."""
-    return shared_dir() / "data"
+    shared = shared_dir()
+    if shared is None:
+        raise FileNotFoundError(f"no shared data folder: set ${SHARED_ENV} to it")
+    return shared / "data"
 
 
 @dataclass(frozen=True)
