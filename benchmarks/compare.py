@@ -44,15 +44,9 @@ import sys
 import time
 import warnings
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from _common import RESULTS, quiet_offline_environment
 
-RESULTS = ROOT / "benchmarks" / "results"
+quiet_offline_environment()
 
 #: name -> (collection name for get_collection, first stage: "shipped" run/candidates or "pisa" BM25)
 OFFLINE = {

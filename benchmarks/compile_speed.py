@@ -21,7 +21,10 @@ import sys
 import tempfile
 import time
 
-import speed
+import _speed_bench as bench
+from _common import RESULTS
+from _fresh_process import in_fresh_process
+from _speed_report import run_report
 
 
 def job_compile(model_name: str, cache: str, n: int, compiled: bool, reps: int, threads: int, qid: str) -> dict:
@@ -31,8 +34,8 @@ def job_compile(model_name: str, cache: str, n: int, compiled: bool, reps: int, 
     from pyterrier_headrank import HeadRank
 
     torch.set_num_threads(threads)
-    _, query, passages = speed.load_query(qid)
-    model, tokenizer, _ = speed.load_benchmark_model(model_name, pathlib.Path(cache))
+    _, query, passages = bench.load_query(qid)
+    model, tokenizer, _ = bench.load_benchmark_model(model_name, pathlib.Path(cache))
     ranker = HeadRank(model, tokenizer=tokenizer, batch_size=1, max_passage_tokens=128, max_window_tokens=16384,
                       max_window_passages=max(n, 4), compile=compiled)
     lists = [(query, passages[:n])]
@@ -49,17 +52,17 @@ def job_compile(model_name: str, cache: str, n: int, compiled: bool, reps: int, 
 
 
 def run(args) -> dict:
-    qid, _, _ = speed.load_query(None)
+    qid, _, _ = bench.load_query(None)
     root = pathlib.Path(tempfile.mkdtemp(prefix="headrank-compile-"))
     rows = []
     try:
         cache = root / args.model
         settings = {"threads": args.threads, "qid": qid, "max_passage_tokens": 128, "sizes": args.sizes}
-        info = speed.in_fresh_process(speed.job_prepare, args.model, str(cache), settings)
+        info = in_fresh_process(bench.job_prepare, args.model, str(cache), settings)
         if "error" in info:
             sys.exit(f"{args.model}: {info['error']}")
         for n in args.sizes:
-            cells = {flag: speed.in_fresh_process(job_compile, args.model, str(cache), n, flag, args.reps,
+            cells = {flag: in_fresh_process(job_compile, args.model, str(cache), n, flag, args.reps,
                                                   args.threads, qid) for flag in (False, True)}
             for flag, cell in cells.items():
                 if "error" in cell:
@@ -99,12 +102,12 @@ def write(report: dict, out_dir: pathlib.Path) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="smollm2-135m", choices=speed.MODELS)
+    parser.add_argument("--model", default="smollm2-135m", choices=bench.MODELS)
     parser.add_argument("--sizes", nargs="+", type=int, default=[20, 100])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out-dir", default=str(speed.RESULTS))
-    speed.run_report(parser, run, write, argv)
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    run_report(parser, run, write, argv)
 
 
 if __name__ == "__main__":

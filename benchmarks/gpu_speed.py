@@ -23,10 +23,12 @@ import pathlib
 import sys
 import time
 
-import speed
+import _speed_bench as bench
+from _common import RESULTS
+from _speed_report import run_report
 
 MODELS = ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b")
-CONFIGS = speed.SHARED / "models" / "qwen3-configs"
+CONFIGS = bench.SHARED / "models" / "qwen3-configs"
 TARGET_MS, TARGET_SPEED_UP = 250.0, 20.0
 
 
@@ -42,13 +44,13 @@ def build(name: str, device, dtype, smoke: bool):
     config = AutoConfig.for_model(config.pop("model_type"), **config)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").to(device).eval()
-    return model, AutoTokenizer.from_pretrained(speed.QWEN3_TOKENIZER)
+    return model, AutoTokenizer.from_pretrained(bench.QWEN3_TOKENIZER)
 
 
 def lists_for(n: int, queries: int):
     """``queries`` DL21 queries with their BM25 top ``n`` passages."""
     rows = {}
-    with open(speed.CANDIDATES) as handle:
+    with open(bench.CANDIDATES) as handle:
         for line in handle:
             row = json.loads(line)
             rows.setdefault(row["qid"], []).append(row)
@@ -173,8 +175,8 @@ def main(argv=None) -> None:
     parser.add_argument("--queries", type=int, default=8, help="DL21 queries per cell (scored in one call)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--smoke", action="store_true", help="2-layer cuts of the shapes (checks the code path)")
-    parser.add_argument("--out-dir", default=str(speed.RESULTS))
-    speed.run_report(parser, run, write, argv)
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    run_report(parser, run, write, argv)
 
 
 if __name__ == "__main__":

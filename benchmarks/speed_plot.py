@@ -13,7 +13,8 @@ import json
 import pathlib
 import statistics
 
-import speed
+import _speed_bench as bench
+from _common import RESULTS
 
 
 def collect(paths) -> dict:
@@ -59,7 +60,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
         for variant, style in (("a", "-o"), ("d", "--s")):
             points = [(n, cell[variant][0]) for n, cell in sizes.items() if variant in cell]
             if points:
-                ax.plot(*zip(*points), style, label=f"{model} ({variant}) {speed.VARIANT_NAMES[variant]}")
+                ax.plot(*zip(*points), style, label=f"{model} ({variant}) {bench.VARIANT_NAMES[variant]}")
     ax.set_xlabel("candidates in one prompt window")
     ax.set_ylabel("CPU seconds per query (1 thread)")
     ax.set_title("HeadRank against the bare truncated forward pass")
@@ -72,7 +73,7 @@ def plot(data: dict, path: pathlib.Path) -> None:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("reports", nargs="+", help="speed.json files")
-    parser.add_argument("--out-dir", default=str(speed.RESULTS))
+    parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args(argv)
     data = collect(args.reports)
     text = table(data)
