@@ -110,13 +110,29 @@ def runs_of(lists, passes, merge: str, n_anchors: int, weight: float, label: str
 
 def cascade_runs(model: str, lists, passes, overlap: int) -> dict:
     """{kind: frame} of HeadRank's own ranking (default merge, then the cascade of ``rescore_top``) on the stored
-    window passes; the pools are scored here (one window per list and kind)."""
+    window passes; the pools are scored here, once per list (the two kinds pick the same pools and differ only in
+    the fusion, so the second reuses the first's pool scores)."""
     from pyterrier_headrank import HeadRank
 
     queries = [(query, texts) for _, query, _, texts, _ in lists]
     firsts = [first for *_, first in lists]
-    return {kind: frame_of(lists, HeadRank(model, window_overlap=overlap, **fuse).final_scores(queries, firsts, passes))
-            for kind, fuse in (("attention only", {"fuse": None}), ("fused", {}))}
+    pool_scores = {}
+    runs = {}
+    for kind, fuse in (("attention only", {"fuse": None}), ("fused", {})):
+        reranker = HeadRank(model, window_overlap=overlap, **fuse)
+        reranker.score_lists = remembered(reranker.score_lists, pool_scores)
+        runs[kind] = frame_of(lists, reranker.final_scores(queries, firsts, passes))
+    return runs
+
+
+def remembered(score_lists, memo: dict):
+    """``score_lists`` that answers a batch of lists it has seen from ``memo`` (keyed by query and passages)."""
+    def score(lists, desc=None):
+        key = tuple((query, tuple(passages)) for query, passages in lists)
+        if key not in memo:
+            memo[key] = score_lists(lists, desc)
+        return memo[key]
+    return score
 
 
 def measure(args, name: str):

@@ -140,3 +140,23 @@ def test_effectiveness_reuses_stored_runs_only_under_the_settings_they_were_made
     assert effectiveness.stored_runs("smollm2-135m", "cacm", ("first stage",), fit) is None
     effectiveness.store_runs("smollm2-135m", "vaswani", {"first stage": run}, fit)
     assert not (tmp_path / "smollm2-135m" / "cacm.first-stage.res.gz").exists()  # runs of other settings: removed
+
+
+def test_long_lists_scores_each_cascade_pool_once_for_both_kinds():
+    """The attention-only and fused cascades pick the same pools; the second must reuse the first's pool scores."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from long_lists import remembered
+
+    calls = []
+
+    def score_lists(lists, desc=None):
+        calls.append(lists)
+        return [[float(len(p))] * len(p) for _, p in lists]
+
+    memo = {}
+    first, second = remembered(score_lists, memo), remembered(score_lists, memo)
+    pools = [("q", ["a", "b"]), ("r", ["c"])]
+    assert first(pools) == second([("q", ("a", "b")), ("r", ["c"])]) == [[2.0, 2.0], [1.0]]
+    assert len(calls) == 1
+    second([("q", ["a"])])
+    assert len(calls) == 2
