@@ -1,6 +1,8 @@
 """Small helpers on PyTerrier result frames (``qid, docno, score, rank, ...``) shared across the package."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import numpy as np
 import pandas as pd
 
@@ -15,15 +17,15 @@ def add_ranks(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["rank"], errors="ignore").assign(rank=ranks.astype("int64") - 1)
 
 
-def first_stage_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a fresh 0..n-1 index, sorted by qid and then ``rank`` (else descending ``score``, else as
-    given), stably: the order in which the listwise rerankers (HeadRank, ICR, RankGPT), ``fit`` and the score cache
-    read a candidate list."""
+def first_stage_order(frame: pd.DataFrame, by: Tuple[str, ...] = ("rank", "score")) -> pd.DataFrame:
+    """``frame`` with a fresh 0..n-1 index, sorted by qid and then by the first column of ``by`` that it has
+    (``rank`` ascending, ``score`` descending; else as given), stably. The default is the order in which the
+    listwise rerankers (HeadRank, ICR, RankGPT), ``fit`` and the score cache read a candidate list; evaluation
+    reads a result frame by ``("score", "rank")``, as the measures do (a reranker's rank column may be stale)."""
     frame = frame.reset_index(drop=True)
-    if "rank" in frame.columns:
-        return frame.sort_values(["qid", "rank"], kind="stable")
-    if "score" in frame.columns:
-        return frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
+    for column in by:
+        if column in frame.columns:
+            return frame.sort_values(["qid", column], ascending=[True, column == "rank"], kind="stable")
     return frame
 
 

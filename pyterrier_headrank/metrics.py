@@ -27,6 +27,8 @@ from typing import Dict, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from .frames import first_stage_order
+
 
 @dataclass(frozen=True)
 class Selectivity:
@@ -52,11 +54,7 @@ def _ranked(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     frame = frame[["qid", "docno"] + [c for c in ("rank", "score") if c in frame.columns]].copy()
     frame["qid"] = frame["qid"].astype(str)
     frame["docno"] = frame["docno"].astype(str)
-    if "score" in frame.columns:  # rank by score when there is one: rank columns are sometimes stale
-        frame = frame.sort_values(["qid", "score"], ascending=[True, False], kind="stable")
-    else:
-        frame = frame.sort_values(["qid", "rank"], kind="stable")
-    frame = frame.drop_duplicates(["qid", "docno"])
+    frame = first_stage_order(frame, by=("score", "rank")).drop_duplicates(["qid", "docno"])
     frame["position"] = frame.groupby("qid").cumcount()
     return frame[["qid", "docno", "position"]]
 
