@@ -48,3 +48,33 @@ def first_stage_scores(group: pd.DataFrame) -> np.ndarray:
     if "score" in group.columns:
         return group["score"].to_numpy(dtype=np.float64)
     return order_scores(len(group))
+
+
+# ---- checks of a candidate frame, shared by the rerankers and the score cache (errors name the caller) ----------
+def check_is_frame(inp, name: str) -> None:
+    if not isinstance(inp, pd.DataFrame):
+        raise TypeError(f"{name}: expected a pandas DataFrame of candidates, got {type(inp).__name__}")
+
+
+def check_qids(inp: pd.DataFrame, name: str) -> None:
+    """Every row needs the qid of its query."""
+    if inp["qid"].isna().any():
+        rows = inp.index[inp["qid"].isna()].tolist()
+        raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
+                         f"candidate needs the qid of its query")
+
+
+def clean_query(query, what: str, name: str) -> str:
+    """A query's text, stripped; refused when empty. ``what`` names it in the error ("the query of qid '7'")."""
+    text = clean_text(query).strip()
+    if not text:
+        raise ValueError(f"{name}: {what} is empty; {name} needs query text to rerank")
+    return text
+
+
+def query_of(queries: pd.Series, qid, name: str) -> str:
+    """The one query text of a qid's rows (``queries``: their query column), cleaned; several texts are refused."""
+    values = queries.unique()
+    if len(values) != 1:
+        raise ValueError(f"{name}: qid {qid!r} has {len(values)} different query texts")
+    return clean_query(values[0], f"the query of qid {qid!r}", name)

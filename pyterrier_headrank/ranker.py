@@ -24,7 +24,17 @@ from . import compat
 from .attention import AttentionReader, compile_layers, model_shape
 from .batching import plan_batch_size, score_in_batches
 from .cascade import pool_on_top, rescore_pool
-from .frames import add_ranks, clean_text, first_stage_order, first_stage_scores, order_scores
+from .frames import (
+    add_ranks,
+    check_is_frame,
+    check_qids,
+    clean_query,
+    clean_text,
+    first_stage_order,
+    first_stage_scores,
+    order_scores,
+    query_of,
+)
 from .fusion import check_weight, fuse_scores
 from .heads import HeadSet
 from .models import check_model_argument, context_length, loaded
@@ -267,7 +277,7 @@ class AttentionRanker(pt.Transformer):
         ``passages`` should be in first-stage order (it decides the windows and the anchors of long lists, and with
         ``fuse`` it is the first-stage ranking that the attention scores are fused with).
         """
-        query = _clean_query(query, "the query", type(self).__name__)
+        query = clean_query(query, "the query", type(self).__name__)
         texts = [clean_text(p) for p in passages]
         (scores,) = self.final_scores([(query, texts)], [order_scores(len(texts))])  # the order stands in for them
         order = np.argsort(-scores, kind="stable")[:top_k]
@@ -286,19 +296,10 @@ class AttentionRanker(pt.Transformer):
         return [["qid", "query", "docno", self.text_field]]
 
 
-def _clean_query(query, what: str, name: str) -> str:
-    """``what`` names the query in the error, e.g. "the query" or "the query of qid '7'"."""
-    text = clean_text(query).strip()
-    if not text:
-        raise ValueError(f"{name}: {what} is empty; {name} needs query text to rerank")
-    return text
-
-
 def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) -> None:
     """Refuse, before anything is scored, a frame that would fail half-way: missing columns (with a hint where the
     passage text is missing), rows without a qid."""
-    if not isinstance(inp, pd.DataFrame):
-        raise TypeError(f"{name}: expected a pandas DataFrame of candidates, got {type(inp).__name__}")
+    check_is_frame(inp, name)
     text_field = reranker.text_field
     try:
         pt.validate.result_frame(inp, extra_columns=["query", text_field], context=reranker)
@@ -313,10 +314,7 @@ def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) ->
             pd.to_numeric(inp["score"], errors="coerce").isna().any():
         raise ValueError(f"{name}: fuse={reranker.fuse:g} fuses with the first stage's score, but the input has "
                          f"rows without a numeric score; fix the first stage's scores, or use fuse=None")
-    if inp["qid"].isna().any():
-        rows = inp.index[inp["qid"].isna()].tolist()
-        raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
-                         f"candidate needs the qid of its query")
+    check_qids(inp, name)
 
 
 def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
@@ -339,9 +337,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
     groups = list(out.groupby("qid", sort=False))
     lists = []
     for qid, group in groups:
-        queries = group["query"].unique()
-        if len(queries) != 1:
-            raise ValueError(f"{name}: qid {qid!r} has {len(queries)} different query texts")
+        query = query_of(group["query"], qid, name)
         if len(group) > MANY_CANDIDATES:
             warnings.warn(f"{name}: qid {qid!r} has {len(group)} candidates; reranking more than "
                           f"{MANY_CANDIDATES} costs more windows and rarely helps. Cut the first stage, "
@@ -349,8 +345,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
         if group["docno"].duplicated().any():
             warnings.warn(f"{name}: qid {qid!r} has duplicate docnos; each row is scored on its own.",
                           stacklevel=2)
-        lists.append((_clean_query(queries[0], f"the query of qid {qid!r}", name),
-                      [clean_text(t) for t in group[reranker.text_field]]))
+        lists.append((query, [clean_text(t) for t in group[reranker.text_field]]))
     scores = scores_of(lists, [first_stage_scores(group) for _, group in groups])
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels

@@ -34,12 +34,14 @@ import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from ..frames import add_ranks, first_stage_order
+from ..frames import add_ranks, check_is_frame, check_qids, first_stage_order, query_of
 from .keys import ROW_COLUMN, candidate_list_key, scorer_fingerprint, scoring_target
 from .store import ScoreStore, entry_checksum
 
-
 # ---- the transformer ----------------------------------------------------------------------------------------------
+NAME = "HeadRankCache"  # how errors name it
+
+
 @dataclass
 class CandidateList:
     """One query's candidates in first-stage order: row labels in the ordered frame, docnos, passage texts."""
@@ -58,23 +60,17 @@ class CandidateList:
 def check_frame(inp, text_field: str) -> None:
     """Refuse, naming HeadRankCache, what is not a candidate frame: not a DataFrame, missing columns, rows without
     a qid, a qid with no or several query texts."""
-    if not isinstance(inp, pd.DataFrame):
-        raise TypeError(f"HeadRankCache: expected a pandas DataFrame of candidates, got {type(inp).__name__}")
+    check_is_frame(inp, NAME)
     missing = [c for c in ("qid", "query", "docno", text_field) if c not in inp.columns]
     if missing:
-        raise ValueError(f"HeadRankCache: the input frame lacks column(s) {missing} (it has {list(inp.columns)}); a "
+        raise ValueError(f"{NAME}: the input frame lacks column(s) {missing} (it has {list(inp.columns)}); a "
                          f"listwise reranker needs qid, query, docno and the passage text ({text_field!r}), e.g. "
                          f"`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> HeadRankCache(...)`")
     if ROW_COLUMN in inp.columns:
-        raise ValueError(f"HeadRankCache: the input frame has a column named {ROW_COLUMN!r}, which the cache uses")
-    if inp["qid"].isna().any():
-        raise ValueError(f"HeadRankCache: {int(inp['qid'].isna().sum())} row(s) have no qid (NaN or None)")
+        raise ValueError(f"{NAME}: the input frame has a column named {ROW_COLUMN!r}, which the cache uses")
+    check_qids(inp, NAME)
     for qid, queries in inp.groupby("qid", sort=False)["query"]:
-        values = queries.unique()
-        if len(values) != 1:
-            raise ValueError(f"HeadRankCache: qid {qid!r} has {len(values)} different query texts")
-        if not isinstance(values[0], str) or not values[0].strip():
-            raise ValueError(f"HeadRankCache: the query of qid {qid!r} is empty or missing ({values[0]!r})")
+        query_of(queries, qid, NAME)
 
 
 def candidate_lists(frame: pd.DataFrame, text_field: str, with_scores: bool = False) -> List[CandidateList]:
