@@ -43,8 +43,9 @@ NAME = "HeadRankCache"  # how errors name it
 
 
 @dataclass
-class CandidateList:
-    """One query's candidates in first-stage order: row labels in the ordered frame, docnos, passage texts."""
+class KeyedList:
+    """One query's candidates as the cache keys them (see :meth:`key`), in first-stage order: row labels in the ordered
+    frame, docnos, passage texts."""
 
     qid: object
     query: str
@@ -73,10 +74,10 @@ def check_frame(inp, text_field: str) -> None:
         query_of(queries, qid, NAME)
 
 
-def candidate_lists(frame: pd.DataFrame, text_field: str, with_scores: bool = False) -> List[CandidateList]:
+def candidate_lists(frame: pd.DataFrame, text_field: str, with_scores: bool = False) -> List[KeyedList]:
     """The candidate lists of a frame already in :func:`first_stage_order`, one per qid (with the first stage's
     scores when ``with_scores``)."""
-    return [CandidateList(qid, group["query"].iloc[0], group.index.to_numpy(), [str(d) for d in group["docno"]],
+    return [KeyedList(qid, group["query"].iloc[0], group.index.to_numpy(), [str(d) for d in group["docno"]],
                           list(group[text_field]),
                           pd.to_numeric(group["score"], errors="coerce").tolist() if with_scores else None)
             for qid, group in frame.groupby("qid", sort=False)]
@@ -153,7 +154,7 @@ class HeadRankCache(pt.Transformer):
         frame["score"] = pd.Series(np.concatenate([scores[k] for k in keys]), index=labels)
         return add_ranks(frame).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
 
-    def _lookup(self, lists: Sequence[CandidateList], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    def _lookup(self, lists: Sequence[KeyedList], keys: Sequence[str]) -> Dict[str, np.ndarray]:
         """Verified stored scores by key; an entry that fails its checksum or its docnos is left out (recomputed)."""
         found = {}
         stored = self.store.read(list(dict.fromkeys(keys)))
@@ -171,7 +172,7 @@ class HeadRankCache(pt.Transformer):
                           f"(the file was changed or damaged); recomputing it", stacklevel=3)
         return found
 
-    def _score(self, lists: Sequence[CandidateList], frame: pd.DataFrame) -> List[np.ndarray]:
+    def _score(self, lists: Sequence[KeyedList], frame: pd.DataFrame) -> List[np.ndarray]:
         """Scores of ``lists`` from ONE call of the wrapped reranker, in each list's first-stage order."""
         rows = np.concatenate([c.rows for c in lists])
         subset = frame.loc[rows].assign(**{ROW_COLUMN: rows})
@@ -186,7 +187,7 @@ class HeadRankCache(pt.Transformer):
                              f"needs a score for every candidate (put rank cutoffs after it: HeadRankCache(...) % 10)")
         return [by_row.loc[c.rows].to_numpy(dtype="float64") for c in lists]
 
-    def _save(self, lists: Sequence[CandidateList], scores: Sequence[np.ndarray], scorer: str) -> None:
+    def _save(self, lists: Sequence[KeyedList], scores: Sequence[np.ndarray], scorer: str) -> None:
         """Store fresh scores. If scoring resolved a lazy setting (ICR's ``max_window_tokens=None`` becomes the
         model's context length on first use), the entries are stored under the resolved settings' key as well: both
         describe the same scorer, and later calls see the resolved value."""
