@@ -103,7 +103,7 @@ class _FullOutputRankGPT:
 
     def _generation_config(self, max_new_tokens, pad_token_id, eos_token_ids):
         config = super()._generation_config(max_new_tokens, pad_token_id, eos_token_ids)
-        _, tokenizer, _ = self._load()
+        _, tokenizer = self._load()
         n = min(self.window_size, self._window_len)
         target = " > ".join(f"[{i}]" for i in range(1, n + 1))
         config.min_new_tokens = config.max_new_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
