@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from typing import Optional
 
-from pyterrier_headrank.data import SHARED_SPECS, SharedCollection, shared_name
+from pyterrier_headrank.data import SharedCollection, irds_id_of
 
 BEIR_SCIFACT_IDS = ("beir/scifact/test", "beir/scifact/train")
 
@@ -67,9 +67,7 @@ def place_beir_scifact(root: Optional[pathlib.Path] = None, overwrite: bool = Fa
 def place_for(name: str) -> None:
     """Before ``get_collection(name, source="irds")``: place the shared SciFact copy when ``name`` is SciFact (a shared
     name or its ir_datasets id) and the copy is there; anything else is left to ir_datasets."""
-    local = shared_name(name)
-    irds_id = SHARED_SPECS[local].irds_id if local else name[len("irds:"):] if name.startswith("irds:") else name
-    if irds_id in BEIR_SCIFACT_IDS:
+    if irds_id_of(name) in BEIR_SCIFACT_IDS:
         try:
             place_beir_scifact()
         except FileNotFoundError:

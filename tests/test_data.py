@@ -17,6 +17,7 @@ from pyterrier_headrank.data import (
     IrdsCollection,
     SharedCollection,
     get_collection,
+    irds_id_of,
     join_title,
     shared_name,
 )
@@ -124,6 +125,10 @@ def test_names_map_to_local_copies(data_dir):
     assert shared_name("beir/scifact/test") == "beir-scifact"
     assert shared_name("irds:beir/scifact/train") == "beir-scifact/train"
     assert shared_name("vaswani") == "vaswani" and shared_name("msmarco-passage/dev") is None
+    # the ir_datasets id a name stands for: a shared name's source, an id as itself, a local-only set none
+    assert irds_id_of("beir-scifact") == "beir/scifact/test" == irds_id_of("irds:beir/scifact/test")
+    assert irds_id_of("beir-scifact/train") == "beir/scifact/train"
+    assert irds_id_of("irds:msmarco-passage/dev") == "msmarco-passage/dev" and irds_id_of("cacm") is None
     assert get_collection("irds:cranfield").name == "cranfield"
     with pytest.raises(ValueError, match="source"):
         get_collection("cacm", source="web")

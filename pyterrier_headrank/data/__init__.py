@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from .irds import IrdsCollection
+from .irds import IrdsCollection, without_irds_prefix
 from .shared import IRDS_TO_SHARED, SHARED_ENV, SHARED_SPECS, SharedCollection, SharedSpec, data_dir, shared_dir
 from .text import TextLoader, join_title
 
@@ -22,10 +22,19 @@ SOURCES = ("auto", "shared", "irds")
 
 def shared_name(name: str) -> Union[str, None]:
     """The shared set behind ``name`` (a shared name or the ir_datasets id of one), else None."""
-    key = name[len("irds:"):] if name.startswith("irds:") else name
+    key = without_irds_prefix(name)
     if key in SHARED_SPECS:
         return key
     return IRDS_TO_SHARED.get(key)
+
+
+def irds_id_of(name: str) -> Union[str, None]:
+    """The ir_datasets id behind ``name``: for a shared name the id its copy comes from (None for a set that exists
+    only as a local copy), else ``name`` itself without its ``irds:`` prefix."""
+    local, key = shared_name(name), without_irds_prefix(name)
+    if local is not None and key == local:
+        return SHARED_SPECS[local].irds_id
+    return key
 
 
 def get_collection(name: str, source: str = "auto") -> Collection:
@@ -40,10 +49,7 @@ def get_collection(name: str, source: str = "auto") -> Collection:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"get_collection: name must be a non-empty string, got {name!r}")
     name = name.strip()
-    local = shared_name(name)
-    irds_id = name[len("irds:"):] if name.startswith("irds:") else name
-    if local is not None and irds_id == local:  # a shared name: use the ir_datasets id it copies
-        irds_id = SHARED_SPECS[local].irds_id
+    local, irds_id = shared_name(name), irds_id_of(name)
     if source == "shared" or (source == "auto" and local is not None):
         if local is None:
             raise KeyError(f"get_collection: {name!r} has no local copy; shared sets: {', '.join(SHARED_SPECS)}")
@@ -57,6 +63,6 @@ def get_collection(name: str, source: str = "auto") -> Collection:
     return IrdsCollection(irds_id)
 
 
-__all__ = ["get_collection", "shared_name", "Collection", "SharedCollection", "SharedSpec", "IrdsCollection",
+__all__ = ["get_collection", "shared_name", "irds_id_of", "Collection", "SharedCollection", "SharedSpec", "IrdsCollection",
            "TextLoader", "join_title", "shared_dir", "data_dir",
            "SHARED_SPECS", "IRDS_TO_SHARED", "SHARED_ENV"]

@@ -14,6 +14,11 @@ from ..frames import add_ranks
 from .text import TextLoader, check_fields, join_title
 
 
+def without_irds_prefix(name: str) -> str:
+    """``name`` without PyTerrier's ``irds:`` prefix (both spellings name the same ir_datasets id)."""
+    return name[len("irds:"):] if name.startswith("irds:") else name
+
+
 def _doc_text(doc) -> str:
     """One text per ir_datasets document: title and text joined where both exist, else its default text."""
     fields = doc._fields
@@ -26,7 +31,7 @@ class IrdsCollection(pt.datasets.Dataset):
     """An ir_datasets dataset in the same shape as :class:`SharedCollection` (docno, text with the title joined)."""
 
     def __init__(self, irds_id: str):
-        self.irds_id = irds_id[len("irds:"):] if irds_id.startswith("irds:") else irds_id
+        self.irds_id = without_irds_prefix(irds_id)
         self.name = self.irds_id
         self.dataset = pt.get_dataset(f"irds:{self.irds_id}")
 

@@ -92,16 +92,20 @@ def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides)
                                                       train_kept, train_qrels, valid_lists, valid_windows,
                                                       valid_kept, valid_qrels)
     learned = {"fuse": base.fuse, "slot_bias": None if settings.slot_correction else base.slot_bias}
-    fitted = base.with_fit(FitParts(base.model_name, None, heads, learned, adapter, profile, summary))
+
+    def parts() -> FitParts:  # what has been learned so far (``learned`` and ``summary`` fill in below)
+        return FitParts(base.model_name, None, heads, dict(learned), adapter, profile, summary)
+
+    fitted = base.with_fit(parts())
     if valid is not None and not settings.align:
         summary["valid_ndcg10"] = _validation_ndcg(fitted, valid_lists, valid_kept, valid_qrels)
     if settings.slot_correction:  # learned on the fitted reranker's uncorrected scores
         learned["slot_bias"] = summary["slot_bias"] = _slot_bias(fitted, train_lists, train_kept)
-        fitted = base.with_fit(FitParts(base.model_name, None, heads, learned, adapter, profile, summary))
+        fitted = base.with_fit(parts())
     if settings.fuse:
         learned["fuse"], summary["fusion"] = _fusion_weight(fitted, valid_lists, valid_kept, valid_qrels)
     summary["seconds"] = round(time.time() - started, 1)
-    return FitParts(base.model_name, None, heads, learned, adapter, profile, summary)
+    return parts()
 
 
 def _checked_settings(reranker, overrides: dict, has_validation: bool) -> "FitSettings":
