@@ -74,7 +74,7 @@ class AttentionRanker(pt.Transformer):
 
     Not used directly: :class:`~pyterrier_headrank.HeadRank` and :class:`~pyterrier_headrank.baselines.ICR` document
     the arguments. ``heads``: a :class:`HeadSet`, or ``None`` for :meth:`_default_heads` once the model is known.
-    ``max_window_tokens``: ``None`` for the model's context length (resolved when the engine is built).
+    ``max_window_tokens``: ``None`` for the model's context length (read from the model when windows are planned).
     """
 
     def __init__(self, model, heads: Optional[HeadSet] = None, *, tokenizer=None, calibrate: bool = True,
@@ -151,8 +151,6 @@ class AttentionRanker(pt.Transformer):
         """Load the model (shared, see :func:`models.loaded`), apply fitted adapters, and check the heads fit."""
         model, tokenizer = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
         model = self._adapted(model)
-        if self.max_window_tokens is None:  # the whole list in one prompt whenever the model's context holds it
-            self.max_window_tokens = context_length(model)
         pad = compat.pad_token_id(tokenizer)
         reader = AttentionReader(model, pad_token_id=pad)
         prompt = ListwisePrompt(tokenizer, self.max_passage_tokens, self.max_query_tokens)
@@ -163,11 +161,18 @@ class AttentionRanker(pt.Transformer):
             compile_layers(model, heads.deepest_layer)
         smallest = prompt.overhead_tokens(prompt.calibration) + self.max_query_tokens + \
             (self.n_anchors + self.window_overlap + 1) * (self.max_passage_tokens + prompt.PER_PASSAGE_TOKENS)
-        if self.max_window_tokens < smallest:
-            raise ValueError(f"{type(self).__name__}: max_window_tokens={self.max_window_tokens} cannot hold the prompt, "
+        budget = self._window_budget(model)
+        if budget < smallest:
+            raise ValueError(f"{type(self).__name__}: max_window_tokens={budget} cannot hold the prompt, "
                              f"{self.n_anchors} anchors, {self.window_overlap} overlapping passages and one passage; "
                              f"use at least {smallest}")
         return Engine(reader, prompt, heads)
+
+    def _window_budget(self, model) -> int:
+        """The token budget of one prompt: ``max_window_tokens``, or ``model``'s context length when that is None
+        (the whole list in one prompt whenever the context holds it). The setting itself stays as given, so that
+        a reranker's settings, and the cache key made from them, do not change on first use."""
+        return self.max_window_tokens if self.max_window_tokens is not None else context_length(model)
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         """The heads used when none are given (subclasses such as ICR change this)."""
@@ -184,10 +189,11 @@ class AttentionRanker(pt.Transformer):
         """(plan, windows) for one list of ``passages`` in first-stage order: the candidates of each window (in
         first-stage order), and its prompt, whose passages run in the plan's order, or backwards when ``reverse``
         (passage ``j`` of the prompt is then ``plan[w][-1 - j]``)."""
-        prompt = self.engine().prompt
+        engine = self.engine()
+        prompt = engine.prompt
         part = prompt.query_part(query)
         texts, counts = prompt.truncate_passages(passages)
-        budget = self.max_window_tokens - prompt.overhead_tokens(part)
+        budget = self._window_budget(engine.reader.model) - prompt.overhead_tokens(part)
         plan = plan_windows([c + prompt.PER_PASSAGE_TOKENS for c in counts], budget, self.max_window_passages,
                             self.n_anchors, self.window_overlap)
         return plan, [prompt.window([texts[i] for i in (idx[::-1] if reverse else idx)], part) for idx in plan]

@@ -201,13 +201,15 @@ def test_miss_when_the_fitted_artifact_changes(tiny_qwen3, tmp_path):
 
 
 # ---- baselines ------------------------------------------------------------------------------------------------------
-def test_icr_hits_after_its_lazy_context_length_is_resolved(tiny_qwen3, tmp_path):
+def test_icr_keeps_its_lazy_context_length_setting_and_its_cache_key(tiny_qwen3, tmp_path):
     model, tokenizer = tiny_qwen3
     icr = CountingICR(model, tokenizer=tokenizer, **SETTINGS)
-    assert icr.max_window_tokens is None
+    key = scorer_fingerprint(icr)
     cache = HeadRankCache(icr, tmp_path / "c.sqlite")
     first = cache(fit_data.results(["q1", "q2"]))
-    assert icr.max_window_tokens == 40960  # resolved on first use: the key changed, the scores did not
+    # the context length is read from the model when windows are planned; the setting, and the key, stay as given
+    assert icr.max_window_tokens is None and scorer_fingerprint(icr) == key
+    assert cache.stats()["entries"] == 2, "one entry per list, under one key"
     pd.testing.assert_frame_equal(cache(fit_data.results(["q1", "q2"])), first)
     again = CountingICR(model, tokenizer=tokenizer, **SETTINGS)  # unresolved again, in a "new process"
     pd.testing.assert_frame_equal(HeadRankCache(again, tmp_path / "c.sqlite")(fit_data.results(["q1", "q2"])), first)

@@ -70,7 +70,12 @@ def test_icr_reads_all_heads_at_full_depth(tiny_qwen3):
     model, tokenizer = tiny_qwen3
     icr = ICR(model, tokenizer=tokenizer)
     assert icr.head_set == HeadSet.all_heads(4, 4) and icr.head_set.deepest_layer == 3
-    assert icr.max_window_tokens == model.config.max_position_embeddings  # whole list in one prompt
+    # max_window_tokens=None: the model's context length, so a list far past HeadRank's 4096-token default fits one
+    # prompt; the setting itself stays None
+    long_list = [f"passage {i}: " + " ".join(["word"] * 60) for i in range(120)]
+    (plan,), (window,) = icr.windows(QUERY, long_list)
+    assert plan == list(range(120)) and 4096 < len(window) <= model.config.max_position_embeddings
+    assert icr.max_window_tokens is None
 
 
 def test_icr_matches_eager_attention_with_token_filter(tiny_qwen3):

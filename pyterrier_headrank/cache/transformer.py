@@ -188,12 +188,9 @@ class HeadRankCache(pt.Transformer):
         return [by_row.loc[c.rows].to_numpy(dtype="float64") for c in lists]
 
     def _save(self, lists: Sequence[KeyedList], scores: Sequence[np.ndarray], scorer: str) -> None:
-        """Store fresh scores. If scoring resolved a lazy setting (ICR's ``max_window_tokens=None`` becomes the
-        model's context length on first use), the entries are stored under the resolved settings' key as well: both
-        describe the same scorer, and later calls see the resolved value."""
-        scorers = list(dict.fromkeys([scorer, scorer_fingerprint(self.reranker)]))
-        rows = [(c.key(s), s, json.dumps(c.docnos), np.asarray(v, dtype="<f8").tobytes())
-                for s in scorers for c, v in zip(lists, scores)]
+        """Store fresh scores under the scorer's key."""
+        rows = [(c.key(scorer), scorer, json.dumps(c.docnos), np.asarray(v, dtype="<f8").tobytes())
+                for c, v in zip(lists, scores)]
         self.store.write(rows)
 
     def stats(self) -> dict:
