@@ -1,7 +1,7 @@
 """Pinned regression figures (as pyterrier_t5's tests/test_regression.py): the shipped fits on two SciFact test
 queries, Pyserini BM25 top 20: the default ``HeadRank("smollm2-135m")`` (the general-purpose fit, fused with BM25)
-and the SciFact fit. A change that moves any score in the 4th decimal, or any of the top five docnos,
-fails here; if the change is intended, re-measure and re-pin in the same commit, saying why."""
+and the SciFact fit. A change that moves any score by more than 1e-4 (one unit in the 4th place), or any of the
+top five docnos, fails here; if the change is intended, re-measure and re-pin in the same commit, saying why."""
 import pytest
 
 from pyterrier_headrank import HeadRank
@@ -43,4 +43,7 @@ def _check(reranked, pinned):
     for qid, expected in pinned.items():
         top = reranked[reranked["qid"] == qid].sort_values("rank").head(5)
         assert list(top["docno"]) == [d for d, _ in expected], f"qid {qid}: the top five changed"
-        assert list(top["score"]) == pytest.approx([s for _, s in expected], abs=5e-5), f"qid {qid}: scores moved"
+        # pinned to 4 places: rounding leaves up to 5e-5, and a score that sits on a rounding boundary (3.22355 for
+        # qid 3) moves across it with float noise of 1e-7 between installs, so the test allows one unit in the 4th
+        # place: a change of more than 1e-4 fails
+        assert list(top["score"]) == pytest.approx([s for _, s in expected], abs=1e-4), f"qid {qid}: scores moved"
