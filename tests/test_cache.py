@@ -211,7 +211,7 @@ def test_icr_keeps_its_lazy_context_length_setting_and_its_cache_key(tiny_qwen3,
     assert icr.max_window_tokens is None and scorer_fingerprint(icr) == key
     assert cache.stats()["entries"] == 2, "one entry per list, under one key"
     pd.testing.assert_frame_equal(cache(fit_data.results(["q1", "q2"])), first)
-    again = CountingICR(model, tokenizer=tokenizer, **SETTINGS)  # unresolved again, in a "new process"
+    again = CountingICR(model, tokenizer=tokenizer, **SETTINGS)  # a new object, as in a new process
     pd.testing.assert_frame_equal(HeadRankCache(again, tmp_path / "c.sqlite")(fit_data.results(["q1", "q2"])), first)
     assert (_calls(icr), _calls(again)) == ([2], [])
     pd.testing.assert_frame_equal(first, ICR(model, tokenizer=tokenizer, **SETTINGS)(fit_data.results(["q1", "q2"])))
