@@ -4,6 +4,7 @@
     headrank rerank --candidates candidates.jsonl -o headrank.txt
     headrank fit --collection beir-scifact/train -o fitted/
     headrank evaluate --collection dl21-passage-bm25top100 bm25.txt headrank.txt
+    headrank serve --port 8080   (HTTP rerank service: pyterrier_headrank.integrations.serve, docs/serve.md)
 
 Collections are the shared sets or ir_datasets ids of :mod:`pyterrier_headrank.data`. Runs are TREC run files
 (``qid Q0 docno rank score tag``), read and written with :mod:`pyterrier.io`, as are TREC qrels. Errors in the input
@@ -419,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ir_measures measures, e.g. nDCG@10 RR@10 P@5 AP")
     evaluate.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    from .serve.command import add_serve_command  # light: FastAPI and the model load when `serve` runs
+    add_serve_command(sub, _add_model, _Formatter)
     return parser
 
 
