@@ -42,8 +42,10 @@ SETTINGS_FILE = "headrank.json"
 ADAPTER_FILE = "adapter.safetensors"
 SUMMARY_FILE = "training.json"
 META_FILE = "pt_meta.json"
-#: Constructor arguments of HeadRank that a folder records (the model and heads are stored on their own).
-SETTINGS = ("calibrate", "text_field", "batch_size", "max_passage_tokens", "max_query_tokens", "max_window_tokens",
+#: Constructor arguments of HeadRank that a folder records (the model and heads are stored on their own): those that
+#: decide the scores. Machine settings (``batch_size``, ``device``, ``dtype``, ``compile``) are chosen where the
+#: folder is used, not where it was made; a ``batch_size`` in older folders is ignored.
+SETTINGS = ("calibrate", "text_field", "max_passage_tokens", "max_query_tokens", "max_window_tokens",
             "max_window_passages", "n_anchors", "window_overlap", "rescore_top", "order", "fuse", "slot_bias")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 

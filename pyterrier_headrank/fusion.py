@@ -50,6 +50,10 @@ def fuse(first_stage: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd
     out = reranked.astype({"qid": str, "docno": str}).merge(first, on=["qid", "docno"], how="left")
     if out["first_stage_score"].isna().any():
         raise ValueError("HeadRank fusion: some reranked documents are not in the first-stage results")
+    for column, whose in (("first_stage_score", "first stage's"), ("score", "reranker's")):
+        if not np.isfinite(pd.to_numeric(out[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)).all():
+            raise ValueError(f"HeadRank fusion: some of the {whose} scores are not finite numbers (NaN or infinite); "
+                             f"z-scores over them would be NaN for the whole list")
     fused = out.groupby("qid", sort=False, group_keys=False).apply(
         lambda g: pd.Series(fuse_scores(g["first_stage_score"], g["score"].astype(float), weight), index=g.index))
     out["score"] = fused.astype("float64")

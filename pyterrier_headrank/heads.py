@@ -5,6 +5,7 @@ forward pass stops, so a head set decides both the ranking signal and the cost o
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,14 +30,15 @@ class HeadSet:
     name: str = "custom"
 
     def __post_init__(self):
-        heads = tuple((int(layer), int(head)) for layer, head in self.heads)
+        heads = tuple(_pair(item) for item in self.heads)
         if not heads:
             raise ValueError("HeadRank: a head set needs at least one (layer, head) pair")
         if len(set(heads)) != len(heads):
             raise ValueError("HeadRank: the head set names a (layer, head) pair twice")
-        weights = tuple(float(w) for w in self.weights) if self.weights else (1.0,) * len(heads)
-        if len(weights) != len(heads):
-            raise ValueError(f"HeadRank: {len(heads)} heads but {len(weights)} weights")
+        given = tuple(self.weights) if self.weights else (1.0,) * len(heads)
+        if len(given) != len(heads):
+            raise ValueError(f"HeadRank: {len(heads)} heads but {len(given)} weights")
+        weights = tuple(_weight(w, pair) for w, pair in zip(given, heads))
         object.__setattr__(self, "heads", heads)
         object.__setattr__(self, "weights", weights)
 
@@ -128,3 +130,25 @@ class HeadSet:
         except (KeyError, TypeError) as err:
             raise ValueError(f"HeadRank: not a head set: {err}") from err
 
+
+def _pair(item) -> Tuple[int, int]:
+    """A (layer, head) pair of whole numbers; anything else is refused with the pair in the message."""
+    try:
+        layer, head = item
+        if float(layer) != int(layer) or float(head) != int(head):
+            raise ValueError
+        return int(layer), int(head)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"HeadRank: heads must be (layer, head) pairs of whole numbers, got {item!r}") from None
+
+
+def _weight(value, pair: Tuple[int, int]) -> float:
+    """A head's weight as a finite float: a NaN or infinite weight would make every score NaN or infinite."""
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = math.nan
+    if not math.isfinite(weight) or isinstance(value, bool):
+        raise ValueError(f"HeadRank: the weight of head (layer {pair[0]}, head {pair[1]}) is {value!r}; head weights "
+                         f"must be finite numbers")
+    return weight

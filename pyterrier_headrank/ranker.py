@@ -69,6 +69,20 @@ class _Job:
 
 
 
+def _whole(value, setting: str, owner: str, optional: bool = False) -> Optional[int]:
+    """A count setting as an int (``None`` kept where the setting allows it); a NaN, a fraction or a string is
+    refused with the setting's name, not with Python's own conversion error."""
+    if value is None and optional:
+        return None
+    try:
+        if isinstance(value, bool) or float(value) != int(value):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        allowed = "a whole number or None" if optional else "a whole number"
+        raise ValueError(f"{owner}: {setting}={value!r} must be {allowed}") from None
+
+
 class AttentionRanker(pt.Transformer):
     """Rerank candidate lists by the attention that the query pays to each passage (see the module docstring).
 
@@ -87,12 +101,14 @@ class AttentionRanker(pt.Transformer):
         self.model, self.heads, self.tokenizer = model, heads, tokenizer
         self.calibrate = calibrate
         self.text_field = text_field
-        self.batch_size = None if batch_size is None else int(batch_size)
-        self.max_passage_tokens, self.max_query_tokens = int(max_passage_tokens), int(max_query_tokens)
-        self.max_window_tokens = None if max_window_tokens is None else int(max_window_tokens)
-        self.max_window_passages, self.n_anchors = int(max_window_passages), int(n_anchors)
-        self.window_overlap = int(window_overlap)
-        self.rescore_top = None if rescore_top is None else int(rescore_top)
+        self.batch_size = _whole(batch_size, "batch_size", name, optional=True)
+        self.max_passage_tokens = _whole(max_passage_tokens, "max_passage_tokens", name)
+        self.max_query_tokens = _whole(max_query_tokens, "max_query_tokens", name)
+        self.max_window_tokens = _whole(max_window_tokens, "max_window_tokens", name, optional=True)
+        self.max_window_passages = _whole(max_window_passages, "max_window_passages", name)
+        self.n_anchors = _whole(n_anchors, "n_anchors", name)
+        self.window_overlap = _whole(window_overlap, "window_overlap", name)
+        self.rescore_top = _whole(rescore_top, "rescore_top", name, optional=True)
         self.order = order
         self.device, self.dtype = device, dtype
         self.fuse = check_weight(fuse, name)
@@ -286,6 +302,7 @@ class AttentionRanker(pt.Transformer):
         query = clean_query(query, "the query", type(self).__name__)
         texts = [clean_text(p) for p in passages]
         (scores,) = self.final_scores([(query, texts)], [order_scores(len(texts))])  # the order stands in for them
+        check_finite_scores([scores], ["(rank)"], type(self).__name__)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -304,23 +321,57 @@ class AttentionRanker(pt.Transformer):
 
 def check_input_frame(inp: pd.DataFrame, reranker: pt.Transformer, name: str) -> None:
     """Refuse, before anything is scored, a frame that would fail half-way: missing columns (with a hint where the
-    passage text is missing), rows without a qid."""
+    passage text is missing), rows without a qid, and, when the reranker fuses, first-stage scores that are not
+    finite numbers (a z-score over an infinite score is NaN for the whole list)."""
     check_is_frame(inp, name)
+    check_columns(inp, reranker, name)
+    if getattr(reranker, "fuse", None) is not None and "score" in inp.columns:
+        check_finite_column(inp, "score", name, f"fuse={reranker.fuse:g} fuses with the first stage's score",
+                            "fix the first stage's scores, or use fuse=None")
+    check_qids(inp, name)
+
+
+def check_columns(inp: pd.DataFrame, reranker: pt.Transformer, name: str) -> None:
+    """Every column the reranker reads is there (``pt.validate``); the message says which are missing first, then
+    what to do (PyTerrier's own message starts with the whole transformer's repr)."""
     text_field = reranker.text_field
     try:
         pt.validate.result_frame(inp, extra_columns=["query", text_field], context=reranker)
     except pt.validate.InputValidationError as err:
-        if text_field in inp.columns:
-            raise
-        hint = (f" {name} reads passage text from the {text_field!r} column: add it with a text loader before the "
-                f"reranker (`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> {name}(...)`), or name the column "
-                f"that holds the text with {name}(..., text_field='body').")
-        raise pt.validate.InputValidationError(err.args[0] + hint, err.modes) from None
-    if getattr(reranker, "fuse", None) is not None and "score" in inp.columns and \
-            pd.to_numeric(inp["score"], errors="coerce").isna().any():
-        raise ValueError(f"{name}: fuse={reranker.fuse:g} fuses with the first stage's score, but the input has "
-                         f"rows without a numeric score; fix the first stage's scores, or use fuse=None")
-    check_qids(inp, name)
+        missing = [c for c in ("qid", "docno", "query", text_field) if c not in inp.columns]
+        hint = ""
+        if text_field in missing:
+            hint = (f" {name} reads passage text from the {text_field!r} column: add it with a text loader before "
+                    f"the reranker (`bm25 % 20 >> pt.text.get_text(dataset, 'text') >> {name}(...)`), or name the "
+                    f"column that holds the text with {name}(..., text_field='body').")
+        raise pt.validate.InputValidationError(
+            f"{name}: the input lacks the column(s) {', '.join(map(repr, missing))} (it has "
+            f"{', '.join(map(repr, inp.columns)) or 'none'}).{hint}", err.modes) from None
+
+
+def check_finite_column(inp: pd.DataFrame, column: str, name: str, why: str, remedy: str) -> None:
+    """Every value of ``column`` is a finite number; the error names the column, one bad row and the remedy."""
+    values = pd.to_numeric(inp[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = inp[bad].iloc[0]
+        value = row[column]
+        shown = str(float(value)) if isinstance(value, (int, float, np.number)) else repr(value)
+        example = f"qid {str(row['qid'])!r}, docno {str(row['docno'])!r}: {shown}" if "docno" in inp.columns \
+            else shown
+        raise ValueError(f"{name}: {why}, but {int(bad.sum())} row(s) have a {column!r} that is not a finite number "
+                         f"(e.g. {example}); {remedy}")
+
+
+def check_finite_scores(scores: Sequence[np.ndarray], qids: Sequence, name: str) -> None:
+    """The scores a reranker computed are finite: a NaN or infinite score would give meaningless ranks, so it is an
+    error naming the list (and what usually causes it), never a silent result."""
+    for qid, values in zip(qids, scores):
+        values = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name}: the scores of qid {qid!r} are not all finite ({int((~np.isfinite(values)).sum())}"
+                             f" of {values.size} are NaN or infinite); check the head weights, slot_bias and dtype "
+                             f"(float16 can overflow)")
 
 
 def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
@@ -353,6 +404,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
                           stacklevel=2)
         lists.append((query, [clean_text(t) for t in group[reranker.text_field]]))
     scores = scores_of(lists, [first_stage_scores(group) for _, group in groups])
+    check_finite_scores(scores, [qid for qid, _ in groups], name)
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)

@@ -225,15 +225,18 @@ def test_help_for_every_command(capsys):
 
 
 def test_output_and_device_are_checked_before_any_work(small, tmp_path, capsys):
-    missing_run = str(tmp_path / "nope.txt")  # would fail too, but only after the output and the model are checked
+    missing_run = str(tmp_path / "nope.txt")  # would fail too, but only after the output is checked
     _fails(["rerank", "--run", missing_run, "-c", DL21, "-o", str(tmp_path / "no" / "such" / "run.txt")], capsys,
            "output folder")
     _fails(["rerank", "--run", missing_run, "-c", DL21, "-o", str(tmp_path)], capsys, "is a folder")
+    _fails(["rerank", "--run", missing_run, "-c", DL21, "-o", str(tmp_path / "r.txt")], capsys, "does not exist")
+    run = small["run"]  # the device is checked before the collection and the run are read, and before a model loads
     if not torch_has_cuda():
-        _fails(["rerank", "--run", missing_run, "-c", DL21, "--device", "cuda", "-o", str(tmp_path / "r.txt")],
+        _fails(["rerank", "--run", run, "-c", DL21, "--device", "cuda", "-o", str(tmp_path / "r.txt")],
                capsys, "HeadRank: device 'cuda' is not available")
-    _fails(["rerank", "--run", missing_run, "-c", DL21, "--device", "tpu9", "-o", str(tmp_path / "r.txt")],
+    _fails(["rerank", "--run", run, "-c", DL21, "--device", "tpu9", "-o", str(tmp_path / "r.txt")],
            capsys, "is not a torch device")
+    assert not list(tmp_path.glob(".r.txt.*")) and not (tmp_path / "r.txt").exists()  # no temporary file left
     (tmp_path / "file").write_text("")
     _fails(["fit", "-c", DL21, "-o", str(tmp_path / "file")], capsys, "not a folder")
 

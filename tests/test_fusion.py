@@ -45,7 +45,8 @@ def test_fuse_none_is_attention_alone_and_bad_weights_are_refused(tiny_qwen3):
     for bad in (1.5, -0.1, "bm25", True):
         with pytest.raises(ValueError, match="must be None \\(pure attention\\) or a weight in \\[0, 1\\]"):
             _reranker(tiny_qwen3, fuse=bad)
-    with pytest.raises(ValueError, match="fuse=0.5 fuses with the first stage's score, but the input has rows"):
+    with pytest.raises(ValueError, match="fuse=0.5 fuses with the first stage's score, but 1 row\\(s\\) have a 'score' "
+                                         "that is not a finite"):
         _reranker(tiny_qwen3, fuse=0.5)(results.assign(score=[None] + [1.0] * (len(results) - 1)))
 
 

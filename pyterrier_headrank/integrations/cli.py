@@ -22,10 +22,13 @@ import pathlib
 import sys
 from typing import List, Optional, Sequence
 
+from pyterrier_headrank.models import ALIASES  # a table: importing it loads no torch
+
 from .trec_files import (  # the file functions are part of this module's public names too
     QRELS_COLUMNS,
     RUN_COLUMNS,
     CliError,
+    RunOutput,
     first_line,
     rank_by_score,
     read_candidates,
@@ -109,17 +112,31 @@ def build_reranker(args):
         raise CliError(first_line(err)) from None
 
 
-def check_output_file(path: str) -> None:
-    """Fail before any scoring if the run file cannot be written (``-`` is standard output)."""
-    if path == "-":
-        return
-    target = pathlib.Path(path)
-    if target.is_dir():
-        raise CliError(f"--output {path} is a folder; give a file name")
-    if not target.resolve().parent.is_dir():
-        raise CliError(f"output folder {target.parent} does not exist")
-    if not os.access(target.resolve().parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise CliError(f"--output {path} is not writable")
+def check_cheap_arguments(args) -> None:
+    """The checks that need no model, no PyTerrier and no pandas, made first so that their errors answer at once: the
+    cutoff, the input files, the model name or folder, the --heads syntax and, with torch alone, the device."""
+    if getattr(args, "cutoff", None) is not None and args.cutoff < 1:
+        raise CliError("--cutoff must be >= 1")
+    for option, what in (("run", "run"), ("candidates", "candidates"), ("qrels", "qrels")):
+        path = getattr(args, option, None)
+        if path and not os.path.isfile(path):
+            raise CliError(f"{what} file {path} does not exist")
+    if args.model is not None:
+        from pyterrier_headrank.models import resolve_model  # no torch at import: the name and the folder only
+
+        try:
+            resolve_model(args.model)
+        except (ValueError, ImportError, FileNotFoundError) as err:
+            raise CliError(first_line(err)) from None
+    if getattr(args, "heads", None):
+        parse_heads(args.heads)
+    if args.device is not None:  # needs torch, not the model or PyTerrier
+        from pyterrier_headrank.models import pick_device
+
+        try:
+            pick_device(args.device)
+        except ValueError as err:
+            raise CliError(first_line(err)) from None
 
 
 def check_output_folder(path: str) -> None:
@@ -187,17 +204,20 @@ def rerank_frame(reranker, frame, cutoff: Optional[int]):
 
 
 def cmd_rerank(args) -> int:
-    """``headrank rerank``: rerank the candidates and write a TREC run; every input is checked before any scoring."""
-    if args.cutoff is not None and args.cutoff < 1:
-        raise CliError("--cutoff must be >= 1")
-    check_output_file(args.output)
-    reranker = build_reranker(args)  # checks the model name and device before any data is read
-    frame = candidates_for(args)
+    """``headrank rerank``: rerank the candidates and write a TREC run; every input is checked before any scoring,
+    those that need no model before anything heavy is imported."""
+    output = RunOutput(args.output)  # its temporary file exists from here on: an unwritable --output fails now
     try:
-        out = rerank_frame(reranker, frame, args.cutoff)
-    except (ValueError, ImportError, OSError) as err:
-        raise CliError(first_line(err)) from None
-    write_trec_run(out, args.output, args.tag)
+        check_cheap_arguments(args)
+        reranker = build_reranker(args)  # checks the device before any data is read
+        frame = candidates_for(args)
+        try:
+            out = rerank_frame(reranker, frame, args.cutoff)
+        except (ValueError, ImportError, OSError) as err:
+            raise CliError(first_line(err)) from None
+        output.write(out, args.tag)
+    finally:
+        output.discard()
     if not args.quiet and args.output != "-":
         print(f"{PROG}: reranked {frame['qid'].nunique()} queries -> {args.output}", file=sys.stderr)
     return 0
@@ -252,6 +272,10 @@ def evaluate_runs(qrels, runs: Sequence[str], measures):
 
 def cmd_evaluate(args) -> int:
     """``headrank evaluate``: print one row per run (table, CSV or JSON) on stdout."""
+    files = [("qrels", args.qrels)] if args.qrels else []
+    for what, path in files + [("run", run) for run in args.runs]:  # before pandas and ir_measures are imported
+        if not os.path.isfile(path):
+            raise CliError(f"{what} file {path} does not exist")
     measures = parse_measures(args.measures)
     qrels = qrels_for(args)
     table = evaluate_runs(qrels, args.runs, measures)
@@ -266,10 +290,9 @@ def cmd_evaluate(args) -> int:
 
 def cmd_fit(args) -> int:
     """``headrank fit``: fit heads (and alignment) on the judged queries of the candidates and save the reranker."""
-    if args.cutoff is not None and args.cutoff < 1:
-        raise CliError("--cutoff must be >= 1")
     if not args.collection and not args.qrels and not args.preset:
         raise CliError("give --collection (topics and qrels), --qrels with --candidates/--run, or --preset")
+    check_cheap_arguments(args)
     check_output_folder(args.output)
     args.heads = None
     reranker = build_reranker(args)
@@ -346,23 +369,27 @@ def _add_candidates(parser, run_help: str):
 def _add_model(parser, heads: bool = True):
     """The options that build the reranker (shared by rerank and fit; fit selects heads itself)."""
     parser.add_argument("--model", "-m", default=None,
-                        help=f"model: an alias (smollm2-135m, qwen3-0.6b, qwen3-1.7b, qwen3-4b), a Hugging Face hub "
+                        help=f"model: an alias ({', '.join(sorted(ALIASES))}), a Hugging Face hub "
                              f"id, a local folder or a .gguf file (default: {DEFAULT_MODEL}; with --fitted, the "
                              f"model it was fitted on)")
     if heads:
         group = parser.add_mutually_exclusive_group()
         group.add_argument("--heads", help="heads to read: LAYER:HEAD[:WEIGHT] items separated by commas, or a JSON "
-                                           "head-set file (default: the zero-shot middle-layer heads)")
+                                           "head-set file (default: the model's registered fit, for smollm2-135m "
+                                           "the shipped general fit fused with the first stage; for a model "
+                                           "without one, the training-free heads)")
         group.add_argument("--fitted", help="a fitted reranker: a folder written by `headrank fit`, a shipped fit "
                                             "(smollm2-135m-scifact) or a hub id, as HeadRank.from_pretrained takes; "
                                             "its heads, adapters and settings (--model overrides its model)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="prompt windows per forward pass (default: HeadRank's, 1 on CPU and 4 on GPU)")
+                        help="prompt windows per forward pass (default: HeadRank's: 1 on CPU; on GPU as many as "
+                             "the free memory holds, at most 64)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: CUDA when present)")
     parser.add_argument("--dtype", default="auto",
                         help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32")
     parser.add_argument("--max-passage-tokens", type=int, default=None,
-                        help="each passage is cut to this many tokens (default: 128, or the fitted reranker's)")
+                        help="each passage is cut to this many tokens (default: the fit's, 64 for smollm2-135m's "
+                             "shipped fits; 128 for a model without a fit)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or messages")
 
 
@@ -450,7 +477,7 @@ def run() -> None:
 
 __all__ = ["PROG", "DEFAULT_MODEL", "DEFAULT_MEASURES", "DEFAULT_CUTOFF", "CliError", "RUN_COLUMNS", "QRELS_COLUMNS",
            "read_trec_run", "read_candidates", "read_qrels", "write_trec_run", "load_collection", "parse_heads",
-           "build_reranker", "check_output_file", "check_output_folder", "candidates_for", "rerank_frame",
+           "build_reranker", "check_cheap_arguments", "RunOutput", "check_output_folder", "candidates_for", "rerank_frame",
            "cmd_rerank", "parse_measures", "qrels_for", "evaluate_runs", "cmd_evaluate", "cmd_fit", "FIT_OPTIONS",
            "fit_options", "build_parser", "main", "run"]
 

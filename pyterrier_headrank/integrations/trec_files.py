@@ -6,11 +6,12 @@ inside the functions, so that ``headrank --help`` answers at once.
 """
 from __future__ import annotations
 
-import io
+import contextlib
 import json
 import os
 import pathlib
 import sys
+import tempfile
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:  # for annotations only
@@ -217,23 +218,65 @@ def _read_beir_qrels(path: pathlib.Path):
 
 
 def write_trec_run(frame, path: str, tag: str) -> None:
-    """``qid Q0 docno rank score tag`` lines by ``pt.io.write_results``, rank from 1, best first per query, scores
-    with 6 decimals; ``-`` writes to stdout. A file is written through ``pt.io.finalized_open``, so that a failed write
-    leaves no partial run behind (and an existing file unchanged)."""
-    import pandas as pd
-    import pyterrier as pt
+    """``qid Q0 docno rank score tag`` lines (see :class:`RunOutput`); ``-`` writes to stdout."""
+    output = RunOutput(path)
+    try:
+        output.write(frame, tag)
+    finally:
+        output.discard()
 
-    lines = pd.DataFrame({"qid": frame["qid"], "docno": frame["docno"], "rank": frame["rank"].astype("int64") + 1,
-                          "score": [f"{s:.6f}" for s in frame["score"]]})
-    if path == "-":
-        pt.io.write_results(lines, sys.stdout, run_name=tag)
-        return
-    target = pathlib.Path(path)
-    if target.parent and not target.parent.is_dir():
-        raise CliError(f"output folder {target.parent} does not exist")
-    with pt.io.finalized_open(str(target), "b") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
-        pt.io.write_results(lines, f, run_name=tag)
-    target.chmod(0o666 & ~_umask())  # finalized_open leaves the file world-writable; honour the umask as open() does
+
+class RunOutput:
+    """The TREC run file a command writes, claimed before any work: its temporary file is created beside the target
+    at once (so an unwritable ``--output`` fails before a model loads or a passage is scored, whoever runs the
+    command, root included), filled by ``pt.io.write_results`` and renamed over the target only when complete, so
+    that a failed run leaves no partial file and an existing one unchanged. ``-`` is standard output.
+
+    Lines are ``qid Q0 docno rank score tag``, rank from 1, best first per query, scores with 6 decimals.
+    """
+
+    def __init__(self, path: str, option: str = "-o/--output"):
+        self.path, self.option, self._temp = path, option, None
+        if path == "-":
+            return
+        target = pathlib.Path(path)
+        if target.is_dir():
+            raise CliError(f"{option} {path} is a folder; give a file name")
+        if not target.resolve().parent.is_dir():
+            raise CliError(f"{option} {path}: the output folder {target.parent} does not exist")
+        try:
+            handle, self._temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                                  dir=target.resolve().parent)
+            os.close(handle)
+        except OSError as err:
+            raise CliError(f"{option} {path} cannot be written: {err.strerror or err}") from None
+
+    def write(self, frame, tag: str) -> None:
+        """Write the run and put it in place (the temporary file is renamed over the target)."""
+        import pandas as pd
+        import pyterrier as pt
+
+        lines = pd.DataFrame({"qid": frame["qid"], "docno": frame["docno"],
+                              "rank": frame["rank"].astype("int64") + 1,
+                              "score": [f"{s:.6f}" for s in frame["score"]]})
+        if self.path == "-":
+            pt.io.write_results(lines, sys.stdout, run_name=tag)
+            return
+        try:
+            with open(self._temp, "w", encoding="utf-8", newline="") as f:
+                pt.io.write_results(lines, f, run_name=tag)
+            os.chmod(self._temp, 0o666 & ~_umask())  # mkstemp makes it private; honour the umask as open() does
+            os.replace(self._temp, self.path)
+        except OSError as err:
+            raise CliError(f"{self.option} {self.path} cannot be written: {err.strerror or err}") from None
+        self._temp = None
+
+    def discard(self) -> None:
+        """Remove the temporary file if the run was not written (an error, an interrupt)."""
+        if self._temp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(self._temp)
+            self._temp = None
 
 
 def _umask() -> int:
