@@ -131,7 +131,8 @@ def create_app(service: RerankService) -> FastAPI:
         if refusal is not None:
             return JSONResponse({"status": service.state, "model": service.model_name, "message": refusal.message},
                                 503, headers=refusal.headers)
-        return {"status": "ready", "model": service.model_name}
+        return {"status": "ready", "model": service.model_name,
+                **({"replica": service.replica} if service.replica else {})}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -83,7 +83,7 @@ class BatchQueue(Generic[Item, Result]):
             self._thread = threading.Thread(target=self._run, name="headrank-serve-scorer", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         """Refuse new items, fail the waiting ones with :class:`QueueStopped`, and let the current call finish."""
         with self._cond:
             self._stopping = True

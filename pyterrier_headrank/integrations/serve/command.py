@@ -52,13 +52,14 @@ def add_serve_command(sub, add_model, formatter) -> argparse.ArgumentParser:
     queue.add_argument("--batch-wait-ms", type=float, default=DEFAULTS.batch_wait_ms,
                        help="how long the scorer waits for more requests to score together")
     queue.add_argument("--max-batch-requests", type=int, default=DEFAULTS.max_batch_requests,
-                       help="requests scored together in one call at most")
+                       help="requests scored together in one call at most (default: 8 where the reranker batches "
+                            "windows, as on a GPU; else 1)")
     queue.add_argument("--max-queue", type=int, default=DEFAULTS.max_queue,
                        help="requests that may wait; one more gets 429 at once")
     queue.add_argument("--timeout", type=float, default=DEFAULTS.request_timeout_s,
                        help="seconds a request may take (waiting and scoring) before it gets 503")
     serve.add_argument("--threads", type=int, default=None,
-                       help="torch CPU threads (default: torch's, one per core)")
+                       help="torch CPU threads (of each replica with --replicas; default: torch's, one per core)")
     serve.add_argument("--replicas", type=int, default=1,
                        help="serve this many replicas through Ray Serve on a local Ray cluster (needs ray[serve]); "
                             "1 serves in this process")
@@ -113,8 +114,8 @@ def cmd_serve(args) -> int:
     if args.replicas > 1:
         from .ray_serve import run_replicas
         run_replicas(reranker, settings, args.replicas, host=args.host, port=args.port,
-                     gpus_per_replica=args.gpus_per_replica, on_ready=lambda url: say(f"{args.replicas} replicas of "
-                                                                                     f"{reranker!r} ready on {url}"))
+                     gpus_per_replica=args.gpus_per_replica, verbose=args.verbose, threads=args.threads,
+                     on_ready=lambda url: say(f"{args.replicas} replicas of {reranker!r} ready on {url}"))
         return 0
     from .server import run
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import List, Optional, Union
 
 from .batching import BatchQueue, QueueFull, QueueStopped
@@ -25,6 +26,21 @@ from .scoring import Ranked, rank_lists
 from .settings import ServeSettings
 
 LOG = logging.getLogger("pyterrier_headrank.serve")
+#: requests scored in one call where the reranker batches windows (``max_batch_requests=None``)
+GROUP = 8
+
+
+def group_size(reranker) -> int:
+    """``max_batch_requests=None``: :data:`GROUP` where ``reranker`` (loaded) puts several windows in one forward
+    pass (an explicit ``batch_size`` above 1, or the GPU default), else 1."""
+    batch_size = getattr(reranker, "batch_size", None)
+    if batch_size is not None:
+        return GROUP if batch_size > 1 else 1
+    try:
+        device = reranker.engine().reader.device
+    except AttributeError:  # not an attention ranker: nothing to batch
+        return 1
+    return GROUP if getattr(device, "type", str(device)) == "cuda" else 1
 
 
 class RerankService:
@@ -40,8 +56,9 @@ class RerankService:
         self.model_name = self.settings.model_name or str(getattr(reranker, "model_name", type(reranker).__name__))
         self.warm_up = warm_up
         self.state, self.error = "starting", None
+        self.replica: Optional[str] = None  # set by a Ray Serve replica; /ready reports it
         self.queue: BatchQueue[RerankJob, Ranked] = BatchQueue(
-            self._score, max_queue=self.settings.max_queue, max_batch=self.settings.max_batch_requests,
+            self._score, max_queue=self.settings.max_queue, max_batch=self.settings.max_batch_requests or 1,
             batch_wait=self.settings.batch_wait_ms / 1000.0, on_start=self._load, on_batch=self._count_batch)
         self.metrics = ServiceMetrics(self.queue.depth)
 
@@ -54,6 +71,16 @@ class RerankService:
         """Refuse new requests, fail the queued ones (503) and let the current call finish."""
         self.queue.stop()
 
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Block until the model is loaded and warmed; ``RuntimeError`` if it failed or took longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if self.state == "failed":
+                raise RuntimeError(f"headrank serve: the model could not be loaded ({self.error})")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"headrank serve: the model was not loaded within {timeout:g} s")
+            time.sleep(0.05)
+
     @property
     def ready(self) -> bool:
         """True once the model is loaded and warmed."""
@@ -63,6 +90,8 @@ class RerankService:
         try:
             if hasattr(self.reranker, "engine"):
                 self.reranker.engine()
+            if self.settings.max_batch_requests is None:
+                self.queue.max_batch = group_size(self.reranker)
             if self.warm_up:
                 (result,) = rank_lists(self.reranker, [("warm-up query", ["a warm-up passage"])])
                 if isinstance(result, Exception):

@@ -29,7 +29,9 @@ class ServeSettings:
 
     Batching and queueing:
         batch_wait_ms: after a request arrives, the scorer waits this long for others to score with it in one call.
-        max_batch_requests: at most this many requests are scored in one call.
+        max_batch_requests: at most this many requests are scored in one call; ``None``: 8 where the reranker
+            scores several windows per forward pass (a GPU, or an explicit ``batch_size`` above 1), else 1 (a CPU's
+            default: one window per pass, where grouping requests would only make the first wait for the last).
         max_queue: requests waiting to be scored; one more is refused at once with 429 (Retry-After).
         request_timeout_s: a request not answered within this many seconds (queueing and scoring) gets 503.
 
@@ -45,7 +47,7 @@ class ServeSettings:
     max_total_chars: int = 400_000
     max_body_bytes: int = 2_000_000
     batch_wait_ms: float = 5.0
-    max_batch_requests: int = 8
+    max_batch_requests: Optional[int] = None
     max_queue: int = 64
     request_timeout_s: float = 120.0
     api_key: Optional[str] = None
@@ -53,7 +55,8 @@ class ServeSettings:
 
     def __post_init__(self):
         for field in fields(self):
-            if field.name in ("api_key", "model_name"):
+            if field.name in ("api_key", "model_name") or (field.name == "max_batch_requests" and
+                                                            self.max_batch_requests is None):
                 continue
             value, minimum = getattr(self, field.name), 0 if field.name == "batch_wait_ms" else 1
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
