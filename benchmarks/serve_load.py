@@ -237,6 +237,8 @@ def main(argv: Optional[List[str]] = None) -> int:
              "cpu_cores_visible": len(os.sched_getaffinity(0)), "server_torch_threads": args.threads or "default",
              "collection": f"{SCIFACT} test, Pyserini BM25 top-{args.depth}", "distinct_queries": len(lists),
              "top_n": args.top_n, "duration_s": args.duration, "server_ready_s": round(server.ready_s, 1),
+             "server_options": " ".join(server.command[server.command.index("serve") + 1:]).replace(
+                 f"--port {server.port} ", ""),
              "requests_per_scoring_call": round(batches.get("headrank_batch_requests_sum", 0) /
                                                 max(1.0, batches.get("headrank_batch_requests_count", 0)), 2),
              "python": platform.python_version(), "torch": torch.__version__,
@@ -245,7 +247,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(text)
     header = (f"`benchmarks/serve_load.py`: {setup['model']} on {setup['device']} "
               f"({setup['gpu'] or str(setup['cpu_cores_visible']) + ' CPU cores'}), {setup['collection']}, top_n "
-              f"{args.top_n}; {args.duration:g} s per row; {setup['date']}.")
+              f"{args.top_n}; {args.duration:g} s per row; server: `headrank serve {setup['server_options']}`; "
+              f"{setup['date']}.")
     with open(args.output + ".md", "w") as out:
         out.write(header + "\n\n" + text + "\n")
     with open(args.output + ".json", "w") as out:
