@@ -67,10 +67,13 @@ def lists():
 
 @pytest.fixture(scope="module")
 def reranker(smollm2):
-    """HeadRank("smollm2-135m"), sharing the session's loaded model."""
+    """HeadRank("smollm2-135m"), sharing the session's loaded model; one torch thread while this module runs (the
+    machine's other cores stay free for the clients and the Ray workers), restored after it."""
     import torch
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return HeadRank("smollm2-135m", device="cpu")
+    yield HeadRank("smollm2-135m", device="cpu")
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -135,12 +138,12 @@ def test_cohere_sdk_v2_and_v1(server, lists, expected):
     assert [r.document.text for r in response.results] == [texts[h["corpus_id"]] for h in expected[2][:2]]
 
 
-def test_sixteen_concurrent_clients_get_the_sequential_results(server, lists, expected):
+def test_sixteen_concurrent_clients_get_the_sequential_results(server, lists):
     """16 clients at once (4 lists, each asked 4 times, through both shapes), with bad requests mixed in: every good
-    one gets what a sequential call gets; requests that arrived together were scored together."""
+    one gets what a sequential call gets; requests that arrived together were scored together. (Lists cut to 4
+    passages: the equality with HeadRank.rank is checked on whole lists above; this is about concurrency.)"""
+    lists = [(query, texts[:4]) for query, texts in lists]
     sequential = [_post(server, "/rerank", {"query": q, "texts": t}).json() for q, t in lists]
-    for got, hits in zip(sequential, expected):
-        _same(got, hits)
     before = _batches(server)
 
     def client(i):

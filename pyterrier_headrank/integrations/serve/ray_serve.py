@@ -85,10 +85,10 @@ def start(reranker, settings: Optional[ServeSettings] = None, replicas: int = 2,
           port: int = 8000, verbose: bool = False, **options) -> str:
     """Start Ray Serve's proxy on ``host:port`` (Ray must be initialised, or a local cluster is started) and deploy
     :func:`application`; returns the base URL once every replica has loaded its model. Ray's and Serve's
-    informational logs are kept out of the terminal unless ``verbose``."""
+    informational logs and warnings are kept out of the terminal unless ``verbose``."""
     import ray
 
-    level = logging.INFO if verbose else logging.WARNING
+    level = logging.INFO if verbose else logging.ERROR
     logging.getLogger("ray.serve").setLevel(level)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=verbose, logging_level=level)
