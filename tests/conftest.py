@@ -1,7 +1,9 @@
 """Shared fixtures: where ../shared is, tiny random decoders with real tokenizers, and the real SmolLM2."""
+import contextlib
 import json
 import os
 import pathlib
+import secrets
 import tempfile
 
 import pytest
@@ -75,3 +77,41 @@ def smollm2():
         return load_model("smollm2-135m", device="cpu")
     except ImportError as err:
         pytest.skip(str(err))
+
+
+#: one login token for every local Ray cluster of the test session: Ray keeps the first token it read in the process,
+#: so a second cluster started with another token fails to start ("InvalidAuthToken")
+_RAY_TOKEN = secrets.token_hex(32)
+
+
+@contextlib.contextmanager
+def local_ray(*imports: str):
+    """A local two-CPU Ray cluster, shut down afterwards; the test skips where Ray (or a module of ``imports``, such
+    as ``ray.serve``) cannot be imported.
+
+    Ray 2.60 writes a new login token to ~/.ray/auth_token when it starts a cluster; giving it one in RAY_AUTH_TOKEN
+    keeps token authentication on without writing to the home folder (its processes inherit the variable). Several
+    clusters in one session (tests/test_parallel.py, then tests/test_serve.py) share :data:`_RAY_TOKEN`.
+    """
+    import importlib
+
+    try:
+        import ray
+        for name in imports:
+            importlib.import_module(name)
+    except ImportError as err:
+        pytest.skip(f"Ray cannot be imported ({err}); install it with: pip install 'pyterrier-headrank[dev]'")
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
+    if saved["RAY_AUTH_TOKEN"] is None and saved["RAY_AUTH_MODE"] is None:
+        os.environ["RAY_AUTH_TOKEN"] = _RAY_TOKEN
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+

@@ -1,8 +1,6 @@
 """Rerankers pickle without their loaded model and give the same results under PyTerrier's .parallel() (joblib and
 Ray); devices.py gives each worker its own device (tested on CPU, with the GPU count faked)."""
-import os
 import pickle
-import secrets
 import time
 
 import numpy as np
@@ -15,7 +13,7 @@ from pyterrier_headrank.baselines import ICR, RankGPT
 from pyterrier_headrank.devices import DeviceParallel, on_device, visible_gpus, worker_device
 
 import fit_data
-from conftest import tiny_decoder
+from conftest import local_ray, tiny_decoder
 
 
 def test_pickles_without_the_loaded_model(smollm2):
@@ -107,28 +105,11 @@ def test_a_model_given_by_name_travels_as_its_name(kind):
 # ---- Ray ----------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local two-CPU Ray cluster for this module's Ray tests; shut down after them.
-
-    Ray 2.60 writes a new login token to ~/.ray/auth_token when it starts a cluster; giving it one in RAY_AUTH_TOKEN
-    keeps token authentication on without writing to the home folder (its processes inherit the variable).
-    """
-    try:
-        import ray
-    except ImportError as err:
-        pytest.skip(f"Ray cannot be imported ({err}); install it with: pip install 'pyterrier-headrank[ray]'")
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
-    if saved["RAY_AUTH_TOKEN"] is None and saved["RAY_AUTH_MODE"] is None:
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    """A local two-CPU Ray cluster for this module's Ray tests (``conftest.local_ray``); shut down after them."""
     started = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    print(f"ray.init: {time.perf_counter() - started:.1f}s")
-    yield ray
-    ray.shutdown()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with local_ray() as ray:
+        print(f"ray.init: {time.perf_counter() - started:.1f}s")
+        yield ray
 
 
 def _timed(what, fn, *args):

@@ -27,7 +27,7 @@ httpx = pytest.importorskip("httpx")
 from pyterrier_headrank import HeadRank  # noqa: E402
 from pyterrier_headrank.integrations.serve import BackgroundServer, RerankService, ServeSettings  # noqa: E402
 
-from conftest import ROOT, SHARED, need  # noqa: E402
+from conftest import ROOT, SHARED, local_ray, need  # noqa: E402
 
 SCIFACT = SHARED / "data" / "beir-scifact"
 DEPTH = 6  # passages per SciFact list
@@ -426,24 +426,9 @@ def test_headrank_serve_refuses_bad_options():
 # ---- Ray Serve: replicas on a local Ray cluster --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A local two-CPU Ray cluster (as tests/test_parallel.py starts one; a fresh login token in RAY_AUTH_TOKEN
-    keeps Ray from writing one to the home folder)."""
-    try:
-        import ray
-        from ray import serve  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"Ray Serve cannot be imported ({err}); install it with: pip install 'ray[serve]'")
-    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE")}
-    if saved["RAY_AUTH_TOKEN"] is None and saved["RAY_AUTH_MODE"] is None:
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    """A local two-CPU Ray cluster with Ray Serve (``conftest.local_ray``), as tests/test_parallel.py starts one."""
+    with local_ray("ray.serve") as ray:
+        yield ray
 
 
 def test_ray_serve_replicas(ray_cluster, tiny_qwen3_folder, lists):
