@@ -6,10 +6,18 @@ them), the first stage cut to ``--candidates``, then
 
     BM25 | BM25 >> ICR | BM25 >> RankGPT | BM25 >> HeadRank (zero-shot) | BM25 >> HeadRank (fitted, with --fitted)
 
-with nDCG@10, RR@10 (MRR@10), mean response time per query (``mrt``, first stage included), paired t-tests
-against BM25 with Holm correction, the middle-zone selectivity gap (:mod:`pyterrier_headrank.metrics`) and, for
-RankGPT, the share of windows whose output was a full permutation. All rerankers use the same model, passage
-truncation and candidate lists. A pooled table treats the queries of all collections as one sample.
+with nDCG@10, RR@10 (MRR@10), time per query (``mrt``: each system's wall time over all the queries, first stage
+included, divided by their number), paired t-tests against BM25 with Holm correction, the middle-zone selectivity
+gap (:mod:`pyterrier_headrank.metrics`) and, for RankGPT, the share of windows whose output was a full permutation.
+All rerankers use the same model, passage truncation and candidate lists. A pooled table treats the queries of all
+collections as one sample.
+
+``--systems`` picks and orders the reranker rows; ``--fuse W`` adds "HeadRank (zero-shot, fused W)", the
+zero-shot run's attention scores fused with the first stage's (``HeadRank(fuse=W)``'s formula, from the same scores:
+no second pass; its time is the zero-shot row's plus the fusion). ``--runs DIR`` keeps every system's run
+(``DIR/<collection>/<system>.res.gz``, TREC format via ``pt.io``), its time, and RankGPT's raw outputs
+(``rankgpt_outputs.jsonl.gz``: query, window size, output, parse); a later call with the same ``DIR`` reuses the
+stored runs and times instead of recomputing them.
 
 Speed (``--speed``): time per query and peak memory of each reranker at 20 and 100 candidates (DL21 BM25 lists),
 each (system, size) in a fresh process that loads the model, reranks one short warm-up list, resets the kernel's
@@ -71,6 +79,7 @@ ONLINE = {
     "beir-dbpedia": ("irds:beir/dbpedia-entity/test", "pisa"),
 }
 SPEED_SYSTEMS = ("HeadRank", "HeadRank (batch 4)", "ICR", "RankGPT", "RankGPT (full output)")
+SYSTEMS = ("ICR", "RankGPT", "HeadRank (zero-shot)")
 
 
 # ---- systems ----------------------------------------------------------------------------------------------------
@@ -82,11 +91,14 @@ def make_rerankers(args):
     from pyterrier_headrank.baselines import ICR, RankGPT
 
     common = dict(device=args.device, max_passage_tokens=args.passage_tokens, batch_size=args.batch_size)
-    systems = {
-        "ICR": ICR(args.model, **common),
-        "RankGPT": RankGPT(args.model, **common),
-        "HeadRank (zero-shot)": HeadRank(args.model, **common),
+    makers = {
+        "ICR": lambda: ICR(args.model, **common),
+        "RankGPT": lambda: RankGPT(args.model, max_new_tokens=args.rankgpt_max_new_tokens, **common),
+        "HeadRank (zero-shot)": lambda: HeadRank(args.model, heads="zero-shot", **common),
     }
+    systems = {name: makers[name]() for name in args.systems}
+    if "RankGPT" in systems:
+        record_rankgpt_outputs(systems["RankGPT"])
     if args.fitted:
         if not hasattr(HeadRank, "from_pretrained"):
             raise SystemExit("compare.py: --fitted needs HeadRank.from_pretrained, which this version lacks")
@@ -96,6 +108,36 @@ def make_rerankers(args):
     for system in systems.values():  # load the model and run once, so that no timed run pays for it
         system(warm)
     return systems
+
+
+def record_rankgpt_outputs(reranker) -> None:
+    """Keep every raw output of ``reranker`` (a RankGPT) in ``reranker.raw_outputs``: one dict per window with the
+    (truncated) query, the window's size, the token budget, the output and its parse."""
+    from pyterrier_headrank.baselines.permutation import parse_permutation
+
+    prompt_ids, generate, windows = reranker._prompt_ids, reranker._generate, {}
+    reranker.raw_outputs = []
+
+    def recording_prompt_ids(tokenizer, query, passages):
+        ids = prompt_ids(tokenizer, query, passages)
+        windows[tuple(ids)] = (query, len(passages))
+        return ids
+
+    def recording_generate(prompts, max_new_tokens):
+        outputs = generate(prompts, max_new_tokens)
+        _, tokenizer = reranker._load()
+        for prompt, text in zip(prompts, outputs):
+            query, n = windows.pop(tuple(prompt), (None, None))
+            parsed = parse_permutation(text, n) if n else None
+            reranker.raw_outputs.append({
+                "query": query, "n": n, "max_new_tokens": max_new_tokens,
+                "output_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"]), "output": text,
+                "order": list(parsed.order) if parsed else None, "complete": bool(parsed and parsed.complete),
+                "named": parsed.named if parsed else None, "repeated": parsed.repeated if parsed else None,
+                "out_of_range": parsed.out_of_range if parsed else None})
+        return outputs
+
+    reranker._prompt_ids, reranker._generate = recording_prompt_ids, recording_generate
 
 
 class _FullOutputRankGPT:
@@ -132,16 +174,6 @@ def make_speed_system(name, args):
     if name == "RankGPT (full output)":
         return type("RankGPTFullOutput", (_FullOutputRankGPT, RankGPT), {})(args.model, **common)
     raise ValueError(name)
-
-
-def keep(store: dict, name: str):
-    """The last stage of every pipeline: keeps a copy of the result frame (for selectivity), changes nothing."""
-    import pyterrier as pt
-
-    def remember(frame):
-        store[name] = frame.copy()
-        return frame
-    return pt.apply.generic(remember)
 
 
 # ---- collections -------------------------------------------------------------------------------------------------
@@ -182,28 +214,81 @@ def sample_topics(collection, n: int, seed: int):
 
 
 # ---- effectiveness -------------------------------------------------------------------------------------------------
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def _timed_run(system, frame):
+    start = time.perf_counter()
+    out = system(frame)
+    return out, time.perf_counter() - start
+
+
 def run_collection(name, args, rerankers):
+    import gzip
+
     import pyterrier as pt
     from ir_measures import RR, nDCG
 
     from pyterrier_headrank.data import get_collection
+    from pyterrier_headrank.fusion import fuse
 
     source, kind = resolve(name, args.online)
     collection = get_collection(source)
     topics, qrels = sample_topics(collection, args.queries, args.seed)
     first, first_desc = first_stage(collection, kind, args.candidates)
-    kept = {}
-    names = ["BM25"] + [f"BM25 >> {n}" for n in rerankers]
-    pipelines = [first >> keep(kept, "BM25")] + [first >> r >> keep(kept, n)
-                                                 for n, r in zip(names[1:], rerankers.values())]
+    store = pathlib.Path(args.runs) / name if args.runs else None
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
     for reranker in rerankers.values():
         if hasattr(reranker, "format_stats"):
             reranker.format_stats.reset()
     print(f"[{name}] {len(topics)} queries, {first_desc} top-{args.candidates}", flush=True)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="There are shared pipeline components")
-        table = pt.Experiment(pipelines, topics, qrels, [nDCG @ 10, RR @ 10, "mrt"], names=names, baseline=0,
-                              correction="holm", verbose=False)
+    base, base_seconds = _timed_run(first, topics)
+    kept, seconds, format_ok = {"BM25": base}, {"BM25": base_seconds}, {}
+    for system_name, reranker in rerankers.items():
+        row = f"BM25 >> {system_name}"
+        path = store / f"{_slug(system_name)}.res.gz" if store is not None else None
+        meta_path = store / f"{_slug(system_name)}.json" if store is not None else None
+        if path is not None and path.exists() and meta_path.exists():  # computed before: reuse
+            meta = json.loads(meta_path.read_text())
+            if meta["qids"] == sorted(topics.qid.astype(str)) and meta["candidates"] == args.candidates:
+                kept[row] = pt.io.read_results(str(path))
+                seconds[row], format_ok[system_name] = meta["seconds"], meta.get("format_success", math.nan)
+                print(f"    {row}: reused {path}", flush=True)
+                continue
+        raw = getattr(reranker, "raw_outputs", None)
+        if raw is not None:
+            raw.clear()
+        kept[row], took = _timed_run(reranker, base)
+        seconds[row] = base_seconds + took
+        stats = getattr(reranker, "format_stats", None)
+        format_ok[system_name] = stats.success_rate if stats is not None else math.nan
+        print(f"    {row}: {seconds[row] / len(topics):.1f} s/query", flush=True)
+        if path is not None:
+            pt.io.write_results(kept[row], str(path))
+            meta_path.write_text(json.dumps({"system": system_name, "model": args.model, "candidates": args.candidates,
+                                             "passage_tokens": args.passage_tokens, "seconds": seconds[row],
+                                             "format_success": format_ok[system_name],
+                                             "qids": sorted(topics.qid.astype(str))}))
+            if raw is not None:
+                by_query = dict(zip(topics["query"].str.strip(), topics.qid.astype(str)))
+                with gzip.open(store / f"{_slug(system_name)}_outputs.jsonl.gz", "wt") as handle:
+                    for record in raw:
+                        handle.write(json.dumps({"qid": by_query.get(record["query"]), **record}) + "\n")
+    if "HeadRank (zero-shot)" in rerankers:
+        attention = kept["BM25 >> HeadRank (zero-shot)"]
+        for weight in args.fuse:
+            start = time.perf_counter()
+            row = f"BM25 >> HeadRank (zero-shot, fused {weight:g})"
+            kept[row] = fuse(base, attention, weight)
+            seconds[row] = seconds["BM25 >> HeadRank (zero-shot)"] + time.perf_counter() - start
+            if store is not None:
+                pt.io.write_results(kept[row], str(store / f"{_slug(row[len('BM25 >> '):])}.res.gz"))
+    names = list(kept)
+    table = pt.Experiment([kept[n] for n in names], topics, qrels, [nDCG @ 10, RR @ 10], names=names, baseline=0,
+                          correction="holm", verbose=False)
+    table["mrt"] = [1000.0 * seconds[n] / len(topics) for n in names]  # ms per query, first stage included
     table.insert(0, "collection", name)
     table["queries"] = len(topics)
     table["first_stage"] = first_desc
@@ -212,8 +297,7 @@ def run_collection(name, args, rerankers):
         table["selectivity_gap_pp"] = [selectivity(kept[n], kept["BM25"], qrels).gap_pp for n in names]
     except ImportError:
         pass
-    table["format_success"] = [getattr(getattr(rerankers.get(n[len("BM25 >> "):]), "format_stats", None),
-                                       "success_rate", math.nan) for n in names]
+    table["format_success"] = [format_ok.get(n[len("BM25 >> "):], math.nan) for n in names]
     runs = {n: kept[n].assign(qid=name + ":" + kept[n].qid.astype(str)) for n in names}
     pooled = (topics.assign(qid=name + ":" + topics.qid), qrels.assign(qid=name + ":" + qrels.qid.astype(str)), runs)
     print(table[["name", "nDCG@10", "RR@10", "mrt"]].to_string(index=False), flush=True)
@@ -408,9 +492,10 @@ def write_report(args, tables, pooled, speed_rows, started):
           f"Settings: model `{args.model}`, top-{args.candidates} candidates, passages cut to {args.passage_tokens} "
           f"tokens for every reranker, batch size {args.batch_size}, {args.queries or 'all'} judged queries per "
           f"collection (seeded sample, seed {args.seed}). p-values: paired t-test against BM25, Holm-corrected "
-          f"over the systems of a table; bold where significant at 0.05. `s/query` is PyTerrier's mean response "
-          f"time (first stage included). Selectivity gap: share of the first stage's middle-zone relevant "
-          f"passages lifted into the top quartile minus the same share for irrelevant ones, in points. "
+          f"over the systems of a table; bold where significant at 0.05. `s/query` is each system's wall time over "
+          f"all the queries (first stage included) divided by their number. Selectivity gap: share of the first "
+          f"stage's middle-zone relevant passages lifted into the top quartile minus the same share for irrelevant "
+          f"ones, in points. "
           f"RankGPT format ok: share of its windows whose output parsed as a full permutation.", ""]
     if tables:
         for table in tables:
@@ -449,6 +534,13 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=10, help="judged queries per collection (0: all)")
     parser.add_argument("--candidates", type=int, default=20)
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
+                        help="reranker rows, in this order")
+    parser.add_argument("--fuse", type=float, nargs="*", default=[],
+                        help="weights: rows of the zero-shot HeadRank run fused with the first stage")
+    parser.add_argument("--rankgpt-max-new-tokens", type=int, default=None,
+                        help="RankGPT's generation budget per window (default: its own, 5 per passage + 8)")
+    parser.add_argument("--runs", default=None, help="folder that keeps (and reuses) each system's run")
     parser.add_argument("--fitted", default=None, help="folder of a fitted HeadRank (HeadRank.from_pretrained)")
     parser.add_argument("--passage-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
