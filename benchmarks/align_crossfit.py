@@ -286,10 +286,10 @@ def write_report(args, command: str, started: str) -> None:
                  [["ndcg10", "delta", "gap_pp"]].mean().reset_index())
         means.insert(0, "collection", f"mean ({len(complete)} complete)")
         table = pd.concat([table, means], ignore_index=True)
-        table.round(6).to_csv(stem.with_suffix(".csv"), index=False)
+        table.round(6).to_csv((stem.parent / f"{stem.name}.csv"), index=False)
     load = os.getloadavg()
     lines = [f"# Alignment in the recipe search: cross-fitted selection vs selection + alignment ({args.model})", "",
-             f"Command: `{command}`  ",
+             f"Command: `{command}`  ", *([args.note + "  "] if args.note else []),
              f"Written {datetime.datetime.now().isoformat(timespec='minutes')} (runs started {started}); machine: "
              f"{os.cpu_count()} CPU cores shared with other jobs, load average at writing "
              f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; torch threads {args.threads}.", "",
@@ -358,6 +358,8 @@ def write_report(args, command: str, started: str) -> None:
                 lines.append(f"| {name} | {r['system']} | {r['queries']} | {r['folds']} | {r['ndcg10']:.4f} | "
                              f"{r['delta']:+.4f} | {fmt(r['p_vs_first'])} | {r['better']}/{r['worse']} | "
                              f"{fmt(r['p_align_vs_selection'])} | {r['gap_pp']:.1f} |")
+            if absent:
+                lines.append(f"| {name} | variant not run on folds {', '.join(map(str, absent))} | | | | | | | | |")
             if recs:  # the default alignment on the same folds, for a paired comparison
                 base, _, _ = collection_table(args, name, only={rec["fold"] for rec in recs})
                 for r in base:
@@ -373,7 +375,7 @@ def write_report(args, command: str, started: str) -> None:
                              f"{a.get('cv_mean_ndcg10_by_epoch')}, epochs kept {a.get('best_epoch')}, head weights "
                              f"{min(weights):.3f}-{max(weights):.3f}, held-out sel / aligned "
                              f"{held_out_fold_ndcg(other, name, rec['fold'])} | | | | | | | | |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    (stem.parent / f"{stem.name}.md").write_text("\n".join(lines) + "\n")
     log(f"report written to {stem.with_suffix('.md')}")
 
 
@@ -429,6 +431,7 @@ def main(argv=None):
     parser.add_argument("--tag", default=None, help="name of this variant's runs (default: from --set)")
     parser.add_argument("--train-ndcg", action="store_true", help="also score each fold's training lists")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--note", default="", help="a line for the report's header (e.g. how the runs were made)")
     parser.add_argument("--compare-tags", default="", help="comma-separated variant tags to add to the report")
     args = parser.parse_args(argv)
     args.collections = [c for c in args.collections.split(",") if c]
