@@ -302,7 +302,7 @@ class AttentionRanker(pt.Transformer):
         query = clean_query(query, "the query", type(self).__name__)
         texts = [clean_text(p) for p in passages]
         (scores,) = self.final_scores([(query, texts)], [order_scores(len(texts))])  # the order stands in for them
-        check_finite_scores([scores], ["(rank)"], type(self).__name__)
+        check_finite_scores([scores], ["the passages"], type(self).__name__)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -363,14 +363,14 @@ def check_finite_column(inp: pd.DataFrame, column: str, name: str, why: str, rem
                          f"(e.g. {example}); {remedy}")
 
 
-def check_finite_scores(scores: Sequence[np.ndarray], qids: Sequence, name: str) -> None:
+def check_finite_scores(scores: Sequence[np.ndarray], lists: Sequence[str], name: str) -> None:
     """The scores a reranker computed are finite: a NaN or infinite score would give meaningless ranks, so it is an
-    error naming the list (and what usually causes it), never a silent result."""
-    for qid, values in zip(qids, scores):
+    error naming the list (``lists``: how to name each, e.g. "qid '7'") and what usually causes it, never a result."""
+    for label, values in zip(lists, scores):
         values = np.asarray(values, dtype=np.float64)
         if not np.isfinite(values).all():
-            raise ValueError(f"{name}: the scores of qid {qid!r} are not all finite ({int((~np.isfinite(values)).sum())}"
-                             f" of {values.size} are NaN or infinite); check the head weights, slot_bias and dtype "
+            raise ValueError(f"{name}: the scores of {label} are not all finite ({int((~np.isfinite(values)).sum())} "
+                             f"of {values.size} are NaN or infinite); check the head weights, slot_bias and dtype "
                              f"(float16 can overflow)")
 
 
@@ -404,7 +404,7 @@ def rerank_frame(reranker: pt.Transformer, inp: pd.DataFrame,
                           stacklevel=2)
         lists.append((query, [clean_text(t) for t in group[reranker.text_field]]))
     scores = scores_of(lists, [first_stage_scores(group) for _, group in groups])
-    check_finite_scores(scores, [qid for qid, _ in groups], name)
+    check_finite_scores(scores, [f"qid {qid!r}" for qid, _ in groups], name)
     labels = np.concatenate([group.index.to_numpy() for _, group in groups])
     out["score"] = pd.Series(np.concatenate(scores).astype("float64"), index=labels)  # aligned on row labels
     out = add_ranks(out)
