@@ -18,7 +18,6 @@ through the Hugging Face hub as a PyTerrier artifact package (:func:`upload`, :f
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import pathlib
@@ -32,6 +31,7 @@ import pyterrier as pt
 from . import compat
 from .attention import model_shape
 from .heads import HeadSet
+from .models import sha256_of
 from .selection import HeadProfile
 from .training.lora import Adapter, AdapterConfig
 
@@ -93,14 +93,6 @@ def _write_json(path: pathlib.Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save(reranker, path) -> str:
     """Write ``reranker`` to the folder ``path`` (created if needed; HeadRank's own files are overwritten)."""
     from safetensors.torch import save_file
@@ -134,7 +126,7 @@ def save(reranker, path) -> str:
                   metadata={"format": "pt", "producer": "pyterrier-headrank"})
         os.replace(tmp, adapter_path)
         data["adapter"] = adapter.config.to_dict()
-        data["adapter_sha256"] = _sha256(adapter_path)
+        data["adapter_sha256"] = sha256_of(adapter_path)
     elif adapter_path.exists():
         adapter_path.unlink()
     summary = dict(getattr(reranker, "fit_summary_", None) or {})
@@ -198,7 +190,7 @@ def _read_adapter(folder: pathlib.Path, data: dict) -> Optional[dict]:
     if not path.exists():
         raise FileNotFoundError(f"HeadRank: '{folder}' names LoRA adapters but {ADAPTER_FILE} is missing")
     expected = data.get("adapter_sha256")
-    if expected and _sha256(path) != expected:
+    if expected and sha256_of(path) != expected:
         raise ValueError(f"HeadRank: {ADAPTER_FILE} in '{folder}' is corrupt (its SHA-256 differs from the one "
                          f"recorded in {SETTINGS_FILE})")
     try:

@@ -18,15 +18,9 @@ from typing import Union
 
 import pyterrier as pt
 
-CACHE_ENV = "HEADRANK_CACHE"
+from .paths import cache_dir
+
 PISA_HINT = "BM25 needs pyterrier-pisa: `pip install pyterrier-pisa` (or `pip install pyterrier-headrank[pisa]`)."
-
-
-def cache_dir() -> pathlib.Path:
-    """The cache folder: ``$HEADRANK_CACHE``, else ``~/.cache/pyterrier-headrank``."""
-    if os.environ.get(CACHE_ENV):
-        return pathlib.Path(os.environ[CACHE_ENV])
-    return pathlib.Path.home() / ".cache" / "pyterrier-headrank"
 
 
 def _pisa():

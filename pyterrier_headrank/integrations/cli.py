@@ -34,6 +34,7 @@ from .trec_files import (  # the file functions are part of this module's public
     read_candidates,
     read_qrels,
     read_trec_run,
+    require_file,
     write_trec_run,
 )
 
@@ -117,10 +118,9 @@ def check_cheap_arguments(args) -> None:
     cutoff, the input files, the model name or folder, the --heads syntax and, with torch alone, the device."""
     if getattr(args, "cutoff", None) is not None and args.cutoff < 1:
         raise CliError("--cutoff must be >= 1")
-    for option, what in (("run", "run"), ("candidates", "candidates"), ("qrels", "qrels")):
-        path = getattr(args, option, None)
-        if path and not os.path.isfile(path):
-            raise CliError(f"{what} file {path} does not exist")
+    for what in ("run", "candidates", "qrels"):
+        if getattr(args, what, None):
+            require_file(getattr(args, what), what)
     if args.model is not None:
         from pyterrier_headrank.models import resolve_model  # no torch at import: the name and the folder only
 
@@ -272,10 +272,8 @@ def evaluate_runs(qrels, runs: Sequence[str], measures):
 
 def cmd_evaluate(args) -> int:
     """``headrank evaluate``: print one row per run (table, CSV or JSON) on stdout."""
-    files = [("qrels", args.qrels)] if args.qrels else []
-    for what, path in files + [("run", run) for run in args.runs]:  # before pandas and ir_measures are imported
-        if not os.path.isfile(path):
-            raise CliError(f"{what} file {path} does not exist")
+    for what, path in ([("qrels", args.qrels)] if args.qrels else []) + [("run", run) for run in args.runs]:
+        require_file(path, what)  # before pandas and ir_measures are imported
     measures = parse_measures(args.measures)
     qrels = qrels_for(args)
     table = evaluate_runs(qrels, args.runs, measures)

@@ -28,6 +28,14 @@ RUN_COLUMNS = ("qid", "docno", "score")
 QRELS_COLUMNS = ("qid", "docno", "label")
 
 
+def require_file(path, what: str) -> pathlib.Path:
+    """``path`` as a Path, refused (``CliError``, "<what> file ... does not exist") when it is not a file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CliError(f"{what} file {path} does not exist")
+    return path
+
+
 def read_trec_run(path) -> pd.DataFrame:
     """A TREC run file as a result frame ``qid, docno, score, rank`` (rank from 0, in the file's order per query).
 
@@ -36,9 +44,7 @@ def read_trec_run(path) -> pd.DataFrame:
     """
     import pyterrier as pt
 
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CliError(f"run file {path} does not exist")
+    path = require_file(path, "run")
     try:
         run = pt.io.read_results(str(path), format="trec")
     except ValueError as err:  # pandas' ParserError is a ValueError
@@ -136,9 +142,7 @@ def read_candidates(path) -> pd.DataFrame:
     ``rank`` give the first-stage order; without either, the file's order)."""
     import pandas as pd
 
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CliError(f"candidates file {path} does not exist")
+    path = require_file(path, "candidates")
     rows = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -177,9 +181,7 @@ def read_qrels(path) -> pd.DataFrame:
     """Qrels as ``qid, docno, label`` (label int64): a TREC qrels file (``qid 0 docno label``, read by
     ``pt.io.read_qrels``) or a BEIR-style TSV with a ``query-id  corpus-id  score`` header (which pyterrier.io does not
     read)."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise CliError(f"qrels file {path} does not exist")
+    path = require_file(path, "qrels")
     with open(path, encoding="utf-8") as f:
         first = f.readline()
     qrels = _read_beir_qrels(path) if first.lower().startswith("query-id") else _read_trec_qrels(path)
