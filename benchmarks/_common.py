@@ -37,7 +37,7 @@ class BenchCollection:
     shared: str
     first_stage: str
     label: str
-    sample: int = 0  # a seeded sample of this many judged queries (training sets only); 0: all
+    sample: int = 0  # a seeded sample of this many judged queries (training sets, size-curve subsets); 0: all
 
 
 COLLECTIONS: Dict[str, BenchCollection] = {c.name: c for c in (
@@ -46,6 +46,7 @@ COLLECTIONS: Dict[str, BenchCollection] = {c.name: c for c in (
     BenchCollection("dl21-splade", "dl21-passage-spladepp-top100", "candidates", "DL21 (SPLADE++)"),
     BenchCollection("scifact-train", "beir-scifact/train", "pisa", "SciFact train (PISA BM25, 100 queries)", 100),
     BenchCollection("scifact", "beir-scifact", "run", "SciFact test (Pyserini BM25)"),
+    BenchCollection("scifact-100", "beir-scifact", "run", "SciFact test (Pyserini BM25, 100 queries)", 100),
     BenchCollection("cranfield", "cranfield", "pisa", "Cranfield (PISA BM25)"),
     BenchCollection("cacm", "cacm", "pisa", "CACM (PISA BM25)"),
     BenchCollection("cisi", "cisi", "pisa", "CISI (PISA BM25)"),

@@ -15,6 +15,7 @@ import pandas as pd
 from head_profiles import profile_path
 
 from pyterrier_headrank.fusion import fuse_scores
+from pyterrier_headrank.head_weights import learn_head_weights
 from pyterrier_headrank.heads import HeadSet
 from pyterrier_headrank.selection import HeadProfile, profile_from_masses
 from pyterrier_headrank.slots import corrected, learn_slot_bias
@@ -77,6 +78,12 @@ class Profile:
 
     def first_stage_scores(self) -> List[np.ndarray]:
         return [row[:n] for row, n in zip(self.first_stage, self.lengths())]
+
+    def weighted_heads(self, max_layer: int, c: float) -> HeadSet:
+        """Every head of layers ``0..max_layer`` weighted by a pairwise logistic fit on these lists."""
+        n = self.lengths()
+        return learn_head_weights([m[:, :k] for m, k in zip(self.calibrated.astype(np.float64), n)],
+                                  [lab[:k] for lab, k in zip(self.labels, n)], self.num_heads, max_layer, c)
 
     def head_profile(self) -> HeadProfile:
         """Per-head discriminability and entropy on these lists (what ``fit`` selects from)."""

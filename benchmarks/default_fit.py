@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Choose the recipe of a model's shipped general-purpose fit by cross-fitting, then write the fit.
 
-Training data: every training list in the shared folder (DL21 with three first stages, BM25, BM25+RM3 and
-SPLADE++, and a seeded sample of SciFact train), top-20, from the stored all-head profiles (``head_profiles.py``,
-one pass per list and prompt order). The candidate recipes cross the prompt order (first-stage, reversed,
-averaged), the deepest layer selection may use (two thirds of the depth, or every layer), ``k`` heads, the entropy
-weight ``lam`` and the per-slot correction. Each recipe is scored out-of-fold: 5 folds by query id (a DL21 query
-falls in one fold with all three of its first stages), heads selected and the slot correction learned on the other
-folds. The recipe with the best mean out-of-fold nDCG@10 over the four training collections wins, at the
-shallowest depth cap that comes within ``COST_MARGIN`` of the best (a deeper stop slows every pass); its fusion
-weight is chosen on the pooled out-of-fold scores. The final fit selects on all training lists and is saved with
-``HeadRank.save`` (heads, order, slot correction, fusion weight, passage length).
+Training data: every training list in the shared folder (DL21 with three first stages, BM25, BM25+RM3 and SPLADE++,
+and a seeded sample of SciFact train), top-20, from the stored all-head profiles (``head_profiles.py``, one pass per
+list and prompt order). The candidate recipes cross the prompt order (first-stage, reversed, averaged), the deepest
+layer a recipe may use (two thirds of the depth, or every layer), how heads are chosen and weighted, and the per-slot
+correction. Two methods: **select** keeps ``k`` heads by entropy-regularised selection (weight ``lam`` on the
+entropy), each with weight 1; **weighted** keeps every head of the allowed layers with a weight from a pairwise
+logistic fit (:mod:`pyterrier_headrank.head_weights`, inverse L2 strength ``c``). Each recipe is scored out-of-fold:
+5 folds by query id (a DL21 query falls in one fold with all three of its first stages), heads selected and the slot
+correction learned on the other folds (``--orders`` and ``--methods`` narrow the search). The recipe with the best
+mean out-of-fold nDCG@10 over the four training collections wins, at the shallowest depth cap that comes within
+``COST_MARGIN`` of the best (a deeper stop slows every pass); its fusion weight is chosen on the pooled out-of-fold
+scores. The final fit selects on all training lists and is saved with ``HeadRank.save`` (heads, order, slot
+correction, fusion weight, passage length).
 
     .venv/bin/python benchmarks/default_fit.py --model smollm2-135m --out pyterrier_headrank/pretrained/smollm2-135m-general
 
@@ -33,6 +36,9 @@ TRAIN = ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-train")
 ORDERS = ("first-stage", "reversed", "averaged")
 KS = (4, 8, 16)
 LAMS = (0.0, 0.1)
+#: inverse L2 strengths tried for learned head weights (``pyterrier_headrank.head_weights``)
+CS = (1e-4, 3e-4, 1e-3)
+METHODS = ("select", "weighted")
 FOLDS = 5
 #: nDCG@10 a deeper stop must gain (out-of-fold mean) to be chosen over a shallower, cheaper one
 COST_MARGIN = 0.005
@@ -42,21 +48,25 @@ def fold_of(qid: str) -> int:
     return zlib.crc32(str(qid).encode()) % FOLDS
 
 
-def load_training(model: str, passage_tokens: int):
-    """{collection: {order: Profile}} with the averaged order as the two orders' mean masses."""
+def load_training(model: str, passage_tokens: int, orders=ORDERS):
+    """{collection: {order: Profile}} for ``orders`` (the averaged order is the two orders' mean masses), plus
+    ``"base"``: one of them, for what every order shares (query ids, docnos, labels, first-stage scores, all in
+    first-stage order)."""
     import numpy as np
     from _profiles import Profile
 
+    stored = sorted({"first-stage", "reversed"} if "averaged" in orders else set(orders))
     data = {}
     for name in TRAIN:
-        first = Profile.load(model, name, "first-stage", passage_tokens=passage_tokens)
-        back = Profile.load(model, name, "reversed", passage_tokens=passage_tokens)
-        mean = Profile(first.qids, first.docnos, first.first_stage, first.labels,
-                       (first.calibrated + back.calibrated) / 2, (first.raw + back.raw) / 2,
-                       first.num_layers, first.num_heads, False)
-        assert (first.qids == back.qids).all()
-        data[name] = {"first-stage": first, "reversed": back, "averaged": mean}
-        np.testing.assert_array_equal(first.labels, back.labels)
+        views = {o: Profile.load(model, name, o, passage_tokens=passage_tokens) for o in stored}
+        if "averaged" in orders:
+            first, back = views["first-stage"], views["reversed"]
+            assert (first.qids == back.qids).all()
+            np.testing.assert_array_equal(first.labels, back.labels)
+            views["averaged"] = Profile(first.qids, first.docnos, first.first_stage, first.labels,
+                                        (first.calibrated + back.calibrated) / 2, (first.raw + back.raw) / 2,
+                                        first.num_layers, first.num_heads, False)
+        data[name] = {**views, "base": views[stored[0]]}
     return data
 
 
@@ -96,8 +106,19 @@ def fitted_heads(model, recipe, sources, exclude=frozenset()):
     views = {n: Profile.load(model, n, recipe["order"]) for n in sources}
     keep = {n: np.array([q not in exclude for q in v.qids]) for n, v in views.items()}
     pooled = pooled_profile(views, keep)
-    heads = capped(pooled.head_profile(), recipe["max_layer"]).select(recipe["k"], recipe["lam"])
+    heads = recipe_heads(recipe, pooled)
     return heads, (pooled.slot_bias(heads) if recipe["slot"] else None)
+
+
+def recipe_heads(recipe, pooled, head_profile=None, name=None):
+    """The recipe's head set on the lists of ``pooled`` (a Profile): the ``k`` selected heads (``head_profile`` is
+    ``pooled.head_profile()``, passed when it is at hand), or every head of the allowed layers with learned weights.
+    Recipes written before weights existed have no ``method``: they select."""
+    if recipe.get("method", "select") == "weighted":
+        heads = pooled.weighted_heads(recipe["max_layer"], recipe["c"])
+        return heads if name is None else type(heads)(heads.heads, heads.weights, name=name)
+    profile = head_profile if head_profile is not None else pooled.head_profile()
+    return capped(profile, recipe["max_layer"]).select(recipe["k"], recipe["lam"], name=name)
 
 
 def recipe_scores(model, recipe, sources, views, cross: bool):
@@ -117,32 +138,35 @@ def recipe_scores(model, recipe, sources, views, cross: bool):
     return scores
 
 
-def recipes(num_layers: int):
+def recipes(num_layers: int, orders=ORDERS, methods=METHODS):
     from pyterrier_headrank.selection import default_max_layer
     caps = sorted({default_max_layer(num_layers), num_layers - 1})
-    return [dict(order=o, max_layer=c, k=k, lam=lam, slot=s)
-            for o, c, k, lam, s in itertools.product(ORDERS, caps, KS, LAMS, (False, True))
-            if not (s and o == "averaged")]  # averaging the two orders is itself the position correction
+    slots = (False, True)
+    selected = [dict(method="select", order=o, max_layer=c, k=k, lam=lam, slot=s)
+                for o, c, k, lam, s in itertools.product(orders, caps, KS, LAMS, slots)]
+    weighted = [dict(method="weighted", order=o, max_layer=cap, c=c, slot=s)
+                for o, cap, c, s in itertools.product(orders, caps, CS, slots)]
+    return [r for r in (selected if "select" in methods else []) + (weighted if "weighted" in methods else [])
+            if not (r["slot"] and r["order"] == "averaged")]  # averaging the orders is itself the position correction
 
 
-def out_of_fold(data, qrels, num_layers):
+def out_of_fold(data, qrels, num_layers, orders=ORDERS, methods=METHODS):
     """Every recipe's out-of-fold scores: {recipe index: {collection: [scores per list]}}."""
     import numpy as np
     from _profiles import system_scores
 
-    candidates = recipes(num_layers)
-    scores = {i: {n: [None] * len(data[n]["first-stage"].qids) for n in TRAIN} for i in range(len(candidates))}
-    for order in ORDERS:
+    candidates = recipes(num_layers, orders, methods)
+    scores = {i: {n: [None] * len(data[n]["base"].qids) for n in TRAIN} for i in range(len(candidates))}
+    for order in orders:
         for fold in range(FOLDS):
             train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
-            profile = pooled_profile({n: data[n][order] for n in TRAIN}, train).head_profile()
+            pooled = pooled_profile({n: data[n][order] for n in TRAIN}, train)
+            profile = pooled.head_profile()
             for i, recipe in enumerate(candidates):
                 if recipe["order"] != order:
                     continue
-                heads = capped(profile, recipe["max_layer"]).select(recipe["k"], recipe["lam"])
-                bias = None
-                if recipe["slot"] and order != "averaged":
-                    bias = pooled_profile({n: data[n][order] for n in TRAIN}, train).slot_bias(heads)
+                heads = recipe_heads(recipe, pooled, profile)
+                bias = pooled.slot_bias(heads) if recipe["slot"] and order != "averaged" else None
                 for n in TRAIN:
                     held = ~train[n]
                     views = ([data[n]["first-stage"], data[n]["reversed"]] if order == "averaged"
@@ -177,17 +201,19 @@ def recipe_table(data, qrels, candidates, scores):
     from pyterrier_headrank.metrics import ndcg10
 
     rows = []
-    first = {n: ndcg10(data[n]["first-stage"].lists(data[n]["first-stage"].first_stage_scores()), qrels[n])
+    first = {n: ndcg10(data[n]["base"].lists(data[n]["base"].first_stage_scores()), qrels[n])
              for n in TRAIN}
     rows.append({"recipe": "first stage", **first, "mean": sum(first.values()) / len(first)})
     for i, recipe in enumerate(candidates):
-        values = {n: ndcg10(data[n]["first-stage"].lists(scores[i][n]), qrels[n]) for n in TRAIN}
+        values = {n: ndcg10(data[n]["base"].lists(scores[i][n]), qrels[n]) for n in TRAIN}
         rows.append({"recipe": describe(recipe), **recipe, **values, "mean": sum(values.values()) / len(values)})
     return pd.DataFrame(rows)
 
 
 def describe(recipe) -> str:
     slot = ", slot-corrected" if recipe["slot"] else ""
+    if recipe.get("method", "select") == "weighted":
+        return f"{recipe['order']}, layers<={recipe['max_layer']}, weighted c={recipe['c']:g}{slot}"
     return f"{recipe['order']}, layers<={recipe['max_layer']}, k={recipe['k']}, lam={recipe['lam']:g}{slot}"
 
 
@@ -200,7 +226,7 @@ def fusion_for(data, qrels, oof):
 
     lists, judged = [], []
     for n in TRAIN:
-        view = data[n]["first-stage"]
+        view = data[n]["base"]
         for q, docs, first, s in zip(view.qids, view.docnos, view.first_stage_scores(), oof[n]):
             lists.append((f"{n}:{q}", list(docs[:len(s)]), first, s))
         judged.append(qrels[n].assign(qid=n + ":" + qrels[n].qid.astype(str)))
@@ -216,9 +242,8 @@ def final_fit(data, recipe):
     views = {n: data[n][order] for n in TRAIN}
     pooled = pooled_profile(views, {n: np.ones(len(v.qids), bool) for n, v in views.items()})
     profile = pooled.head_profile()
-    heads = capped(profile, recipe["max_layer"]).select(
-        recipe["k"], recipe["lam"], name=f"general k={recipe['k']} lambda={recipe['lam']:g} on {len(pooled.qids)} "
-                                         f"training lists ({', '.join(TRAIN)})")
+    heads = recipe_heads(recipe, pooled, profile,
+                         name=f"general {describe(recipe)} on {len(pooled.qids)} training lists ({', '.join(TRAIN)})")
     bias = pooled.slot_bias(heads) if recipe["slot"] else None
     return heads, bias, profile, len(pooled.qids)
 
@@ -228,12 +253,17 @@ def main(argv=None):
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--passage-tokens", type=int, default=64)
     parser.add_argument("--out", default=None, help="write the fit to this folder")
+    parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=ORDERS,
+                        help="prompt orders the search tries (each needs its stored profiles; 'averaged' needs both)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="select: k heads by entropy-regularised selection; weighted: every head of the allowed "
+                             "layers with weights from a pairwise logistic fit")
     args = parser.parse_args(argv)
     quiet_offline_environment()
-    data = load_training(args.model, args.passage_tokens)
+    data = load_training(args.model, args.passage_tokens, args.orders)
     qrels = qrels_of(TRAIN)
-    num_layers = data[TRAIN[0]]["first-stage"].num_layers
-    candidates, scores = out_of_fold(data, qrels, num_layers)
+    num_layers = data[TRAIN[0]]["base"].num_layers
+    candidates, scores = out_of_fold(data, qrels, num_layers, args.orders, args.methods)
     table = recipe_table(data, qrels, candidates, scores)
     best = choose(table) - 1
     recipe = candidates[best]
@@ -260,10 +290,20 @@ def save_fit(args, recipe, weight, heads, bias, profile, count, oof_row, fusion_
         "candidates_per_list": 20, "recipe": recipe, "fusion_weight": weight,
         "out_of_fold_ndcg10": {n: round(float(oof_row[n]), 4) for n in TRAIN},
         "fusion_table": fusion_table.round(4).to_dict("records"),
-        "alignment": "none (heads selected by entropy-regularised selection; no LoRA)",
+        "alignment": "none (no LoRA): " + ("every head of the allowed layers, weights from a pairwise logistic fit"
+                                           if recipe.get("method") == "weighted"
+                                           else "heads selected by entropy-regularised selection"),
     }
     reranker.save(args.out)
     print(f"fit written to {args.out}")
+
+
+def shown_heads(heads) -> str:
+    if len(set(heads.weights)) == 1:
+        return str(list(heads.heads))
+    top = sorted(zip(heads.weights, heads.heads), key=lambda x: -abs(x[0]))[:8]
+    return (f"{len(heads)} weighted heads, the largest weights " +
+            ", ".join(f"{h} {w:+.2f}" for w, h in top))
 
 
 def write_report(args, table, recipe, weight, fusion_table, heads, num_layers, path):
@@ -272,9 +312,11 @@ def write_report(args, table, recipe, weight, fusion_table, heads, num_layers, p
     lines = [f"# Shipped default fit for {args.model}: recipe chosen by 5-fold cross-fitting", "",
              f"Training lists (top-20, {args.passage_tokens}-token passages): "
              f"{', '.join(COLLECTIONS[n].label for n in TRAIN)}. Out-of-fold nDCG@10 (attention only, no fusion).",
-             f"Written {datetime.date.today().isoformat()} by `benchmarks/default_fit.py --model {args.model}`.", "",
+             f"Written {datetime.date.today().isoformat()} by `benchmarks/default_fit.py --model {args.model}"
+             f"{'' if tuple(args.orders) == ORDERS else ' --orders ' + ' '.join(args.orders)}`. Prompt orders "
+             f"searched: {', '.join(args.orders)}.", "",
              f"**Chosen:** {describe(recipe)}; fusion weight {weight or 0:g} (pooled out-of-fold); final heads "
-             f"{list(heads.heads)} (deepest layer {heads.deepest_layer} of {num_layers}: a pass costs "
+             f"{shown_heads(heads)} (deepest layer {heads.deepest_layer} of {num_layers}: a pass costs "
              f"{(heads.deepest_layer + 1) / num_layers:.2f} of a full forward pass).", "",
              "## Depth and cost", "",
              "| deepest layer selection may use | best recipe at that depth | mean out-of-fold nDCG@10 |", "|---|---|---|"]

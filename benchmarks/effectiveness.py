@@ -32,7 +32,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import COLLECTIONS, RESULTS, candidate_lists, paired_experiment, quiet_offline_environment  # noqa: E402
 
 EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
-CROSS_FITTED = ("dl21-bm25", "dl21-splade")
 #: every system's run per collection, committed: reports can be rebuilt, and extended, without the profiles
 RUNS = RESULTS / "runs" / "effectiveness"
 FIRST, TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("first stage", "training-free", "shipped default, attention only",
@@ -68,7 +67,7 @@ def system_runs(model: str, name: str, fit):
     shape = free_views[0].num_layers, free_views[0].num_heads
     free = system_scores(free_views, HeadSet.training_free(*shape))
     fitted_views = views(model, name, fit.settings["order"])
-    if name in CROSS_FITTED:
+    if name in TRAIN:  # the fit saw these query ids: score each fold with a fit that did not
         attention = recipe_scores(model, fit.summary["recipe"], TRAIN, fitted_views, cross=True)
     else:
         attention = system_scores(fitted_views, fit.heads, fit.settings.get("slot_bias"))
@@ -78,6 +77,22 @@ def system_runs(model: str, name: str, fit):
     return {FIRST: run_frame(base, base.first_stage_scores(), FIRST),
             TRAINING_FREE: run_frame(free_views[0], free, TRAINING_FREE),
             ATTENTION: run_frame(base, attention, ATTENTION), FUSED: run_frame(base, fused, FUSED)}
+
+
+def collection_runs(model: str, name: str, fit, skipped: list):
+    """The four systems' runs on ``name``: scored from the profiles (and stored), else the stored runs, else None
+    with the reason appended to ``skipped`` (no guessing)."""
+    try:
+        runs = system_runs(model, name, fit)
+    except FileNotFoundError as err:
+        runs = stored_runs(model, name, (FIRST, TRAINING_FREE, ATTENTION, FUSED), fit)
+        if runs is None:
+            missing = pathlib.Path(str(err).split(":")[0]).name
+            skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
+            print(skipped[-1], flush=True)
+        return runs
+    store_runs(model, name, runs, fit)
+    return runs
 
 
 def provenance(model: str, fit) -> dict:
@@ -233,17 +248,9 @@ def main(argv=None):
     fit = shipped(args.model)
     tables, skipped = [], []
     for name in args.collections:
-        try:
-            runs = system_runs(args.model, name, fit)
-        except FileNotFoundError as err:  # no profile here: the committed runs, else say so, do not guess
-            runs = stored_runs(args.model, name, (FIRST, TRAINING_FREE, ATTENTION, FUSED), fit)
-            if runs is None:
-                missing = pathlib.Path(str(err).split(":")[0]).name
-                skipped.append(f"{COLLECTIONS[name].label}: not run, no stored profile ({missing})")
-                print(skipped[-1], flush=True)
-                continue
-        else:
-            store_runs(args.model, name, runs, fit)
+        runs = collection_runs(args.model, name, fit, skipped)
+        if runs is None:
+            continue
         icr = stored_runs(args.model, name, (ICR_NAME,), fit)
         if icr is None and name in args.icr:
             icr = {ICR_NAME: icr_run(args.model, name, fit.settings["max_passage_tokens"])}

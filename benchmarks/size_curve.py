@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""HeadRank's gain over its first stage against model size, on the same lists for every model.
+
+For each model the systems of ``effectiveness.py`` (first stage; the training-free head set; the model's registered
+fit, attention only and fused), scored from the stored all-head profiles (``head_profiles.py``, reversed prompt
+order, top-20, 64-token passages), on a subset of collections small enough for the larger models on two CPU cores:
+
+* DL21 with its three first stages (BM25, BM25+RM3, SPLADE++), 53 queries each. The fits were chosen and trained on
+  these lists (``default_fit.py``), so the fitted rows are **cross-fitted**: five folds of query ids, each scored by
+  heads selected without it;
+* 100 SciFact *test* queries (a seeded sample, ``scifact-100``), which no fit saw.
+
+nDCG@10 and paired t-tests against the first stage come from ``pt.Experiment`` (Holm over the systems of a model on a
+collection); the middle-zone selectivity gap from :func:`pyterrier_headrank.metrics.selectivity`. Alignment (LoRA +
+Omega) rows come from ``align_crossfit.py``'s results where that costly run exists, in a table of their own (their
+protocol differs: one fold at a time, top-20 DL21 only). Cost per list is the profile pass's own time (a full-depth
+pass that reads every head: an upper bound on a fitted pass, which stops at its deepest head).
+
+    .venv/bin/python benchmarks/size_curve.py
+
+Writes ``benchmarks/results/size_curve.md`` / ``.csv`` / ``.png``; each model's runs are stored under
+``benchmarks/results/runs/effectiveness/<model>/`` so the table can be rebuilt without the profiles.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _common import COLLECTIONS, RESULTS, quiet_offline_environment  # noqa: E402
+
+#: model alias -> parameters (for the curve's x axis)
+MODELS = {"smollm2-135m": 135e6, "gemma3-270m": 268e6, "qwen2.5-coder-0.5b": 494e6, "qwen2.5-coder-1.5b": 1.54e9}
+CURVE = ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-100")
+
+
+def model_table(model: str, collections, skipped: list):
+    """effectiveness.py's per-collection table for ``model`` (None when it has no registered fit)."""
+    import pandas as pd
+    from effectiveness import FIRST, collection_runs, evaluate
+
+    from pyterrier_headrank.artifact import read_fit
+    from pyterrier_headrank.registry import default_fit_path
+
+    path = default_fit_path(model)
+    if path is None:
+        skipped.append(f"{model}: no registered fit (run default_fit.py and register it)")
+        return None
+    fit = read_fit(path)
+    tables = []
+    for name in collections:
+        reasons = []
+        runs = collection_runs(model, name, fit, reasons)
+        skipped.extend(f"{model}, {r}" for r in reasons)
+        if runs is not None:
+            tables.append(evaluate(name, runs))
+    if not tables:
+        return None
+    table = pd.concat(tables, ignore_index=True)
+    first = table[table.name == FIRST].set_index("collection")["nDCG@10"]
+    table["delta"] = table["nDCG@10"] - table.collection.map(first)
+    table.insert(0, "model", model)
+    table["parameters"] = MODELS.get(model, float("nan"))
+    table["seconds_per_list"] = table.collection.map(lambda n: seconds_per_list(model, n))
+    return table
+
+
+def seconds_per_list(model: str, name: str) -> float:
+    """The stored profile pass's seconds per list (NaN when the profile is not on this machine)."""
+    import numpy as np
+    from head_profiles import profile_path
+
+    path = profile_path(model, name, "reversed", 20, 64)
+    if not path.exists():
+        return float("nan")
+    with np.load(path, allow_pickle=True) as data:
+        return float(data["seconds"]) / len(data["qids"])
+
+
+def summary(table):
+    """Per model and system: mean nDCG@10 and mean gain over the collections, significant wins and losses."""
+    rows = []
+    for (model, system), group in table.groupby(["model", "name"], sort=False):
+        p = group["nDCG@10 p-value corrected"]
+        rows.append({"model": model, "parameters": group.parameters.iloc[0], "system": system,
+                     "collections": len(group), "mean_ndcg10": group["nDCG@10"].mean(),
+                     "mean_delta": group.delta.mean(),
+                     "significantly_better": int(((group.delta > 0) & (p < 0.05)).sum()),
+                     "significantly_worse": int(((group.delta < 0) & (p < 0.05)).sum()),
+                     "scifact_gap_pp": group[group.collection == "scifact-100"].selectivity_gap_pp.mean(),
+                     "seconds_per_list": group.seconds_per_list.mean()})
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def alignment_rows():
+    """The mean rows of every ``align_crossfit_<model>.csv`` (selection with and without alignment)."""
+    import pandas as pd
+
+    frames = []
+    for path in sorted(RESULTS.glob("align_crossfit_*.csv")):
+        frame = pd.read_csv(path)
+        frame = frame[~frame.collection.str.startswith("mean")]
+        frame.insert(0, "model", path.stem.removeprefix("align_crossfit_"))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def plot(summ, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = summ[summ.collections == len(CURVE)]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for system, group in complete[complete.system != "first stage"].groupby("system", sort=False):
+        group = group.sort_values("parameters")
+        ax.plot(group.parameters, group.mean_delta, marker="o", label=system)
+        for row in group.itertuples():
+            ax.annotate(row.model, (row.parameters, row.mean_delta), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("model parameters")
+    ax.set_ylabel("mean nDCG@10 gain over the first stage")
+    ax.set_title(f"HeadRank vs model size ({', '.join(CURVE)})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(table, summ, aligned, skipped, path) -> None:
+    lines = ["# HeadRank's gain over the first stage against model size", "",
+             f"Written {datetime.date.today().isoformat()} by `benchmarks/size_curve.py`. Top-20 lists, 64-token "
+             "passages, reversed prompt order; collections: DL21 (BM25, BM25+RM3, SPLADE++; 53 queries each; fitted "
+             "rows cross-fitted, 5 folds of query ids) and 100 seeded SciFact test queries (no fit saw them). p: "
+             "paired t-test against the first stage, Holm over a model's systems on a collection. Cost: seconds per "
+             "list of the profile pass (full depth, every head read, 2 shared CPU cores).", "",
+             *([f"- **{line}**" for line in skipped] + [""] if skipped else []),
+             "## Summary", "", "![gain against size](size_curve.png)", "",
+             "| model | system | collections | mean nDCG@10 | mean vs first stage | significantly better | "
+             "significantly worse | SciFact gap pp | s/list |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.model} | {r.system} | {r.collections} | {r.mean_ndcg10:.4f} | {r.mean_delta:+.4f} | "
+              f"{r.significantly_better} | {r.significantly_worse} | {r.scifact_gap_pp:.1f} | {r.seconds_per_list:.1f} |"
+              for r in summ.itertuples()]
+    lines += ["", "## Per collection", "", "| model | collection | system | nDCG@10 | vs first stage | p (Holm) | gap pp |",
+              "|---|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        p = r["nDCG@10 p-value corrected"]
+        lines.append(f"| {r.model} | {COLLECTIONS[r.collection].label} | {r['name']} | {r['nDCG@10']:.4f} | "
+                     f"{r.delta:+.4f} | {'-' if p != p else f'{p:.3g}'} | {r.selectivity_gap_pp:.1f} |")
+    if aligned is not None:
+        lines += ["", "## Alignment (LoRA + Omega), cross-fitted by `align_crossfit.py`", "",
+                  "| model | collection | system | nDCG@10 | vs first stage | p | gap pp |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.model} | {r.collection} | {r.system} | {r.ndcg10:.4f} | {r.delta:+.4f} | "
+                  f"{'-' if r.p_vs_first != r.p_vs_first else f'{r.p_vs_first:.3g}'} | {r.gap_pp:.1f} |"
+                  for r in aligned.itertuples()]
+    missing = [m for m in MODELS if m not in set(table.model)]
+    if missing:
+        lines += ["", f"Not in the curve: {', '.join(missing)} (see the notes above)."]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--collections", nargs="+", default=list(CURVE))
+    args = parser.parse_args(argv)
+    quiet_offline_environment()
+    import pandas as pd
+
+    skipped = []
+    tables = [t for t in (model_table(m, args.collections, skipped) for m in args.models) if t is not None]
+    table = pd.concat(tables, ignore_index=True)
+    summ = summary(table)
+    table.to_csv(RESULTS / "size_curve.csv", index=False)
+    plot(summ, RESULTS / "size_curve.png")
+    write_report(table, summ, alignment_rows(), skipped, RESULTS / "size_curve.md")
+    print((RESULTS / "size_curve.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
