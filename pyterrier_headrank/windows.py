@@ -28,8 +28,6 @@ from .fusion import zscore
 MERGES = ("anchors", "shared", "affine", "zscore")
 #: the merge HeadRank uses
 DEFAULT_MERGE = "shared"
-#: passages of the window before that HeadRank repeats in each later window (``HeadRank(window_overlap=...)``)
-DEFAULT_OVERLAP = 0
 
 
 def plan_windows(token_counts: Sequence[int], budget: int, max_passages: int, n_anchors: int, overlap: int = 0,

@@ -49,7 +49,7 @@ def parse_heads(value: str):
 
 def build_reranker(args):
     """HeadRank from ``--model``/``--heads`` or from a ``--fitted`` folder."""
-    from pyterrier_headrank import HeadRank
+    from pyterrier_headrank.headrank import HeadRank
 
     options = dict(batch_size=args.batch_size, device=args.device, dtype=args.dtype, verbose=not args.quiet)
     if args.max_passage_tokens is not None:

@@ -1,6 +1,7 @@
 """Training HeadRank: head selection and preference alignment in attention space (``HeadRank.fit``).
 
-Modules: :mod:`.settings` (:class:`FitSettings`), :mod:`.lists` (candidate lists from frames), :mod:`.fit` (the
-steps), :mod:`.pairs`, :mod:`.losses` (one loss per module), :mod:`.lora`, :mod:`.replay`, :mod:`.trainer`. What is
-trained and why it is cheap (replay of cached hidden states): docs/design.md, "Training".
+Modules: :mod:`.settings` (:class:`FitSettings`), :mod:`.lists` (graded candidate lists), :mod:`.fit` (the steps),
+:mod:`.pairs`, :mod:`.losses` (one loss per module), :mod:`.replay`, :mod:`.trainer`; the LoRA adapters it trains
+are :mod:`pyterrier_headrank.lora`. What is trained and why it is cheap (replay of cached hidden states):
+docs/design.md, "Training".
 """
