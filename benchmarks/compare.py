@@ -88,17 +88,15 @@ def make_rerankers(args):
     import pandas as pd
 
     from pyterrier_headrank import HeadRank
-    from pyterrier_headrank.baselines import ICR, RankGPT
+    from pyterrier_headrank.baselines import ICR
 
     common = dict(device=args.device, max_passage_tokens=args.passage_tokens, batch_size=args.batch_size)
     makers = {
         "ICR": lambda: ICR(args.model, **common),
-        "RankGPT": lambda: RankGPT(args.model, max_new_tokens=args.rankgpt_max_new_tokens, **common),
+        "RankGPT": lambda: recording_rankgpt()(args.model, max_new_tokens=args.rankgpt_max_new_tokens, **common),
         "HeadRank (zero-shot)": lambda: HeadRank(args.model, heads="zero-shot", **common),
     }
     systems = {name: makers[name]() for name in args.systems}
-    if "RankGPT" in systems:
-        record_rankgpt_outputs(systems["RankGPT"])
     if args.fitted:
         if not hasattr(HeadRank, "from_pretrained"):
             raise SystemExit("compare.py: --fitted needs HeadRank.from_pretrained, which this version lacks")
@@ -110,50 +108,42 @@ def make_rerankers(args):
     return systems
 
 
-def record_rankgpt_outputs(reranker) -> None:
-    """Keep every raw output of ``reranker`` (a RankGPT) in ``reranker.raw_outputs``: one dict per window with the
-    (truncated) query, the window's size, the token budget, the output and its parse."""
-    from pyterrier_headrank.baselines.permutation import parse_permutation
+def recording_rankgpt():
+    """RankGPT that keeps every raw output in ``raw_outputs``: one dict per window with the (truncated) query, the
+    window's size, the token budget, the output and its parse (through RankGPT's public ``record_output`` hook)."""
+    from pyterrier_headrank.baselines import RankGPT
 
-    prompt_ids, generate, windows = reranker._prompt_ids, reranker._generate, {}
-    reranker.raw_outputs = []
+    class RecordingRankGPT(RankGPT):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.raw_outputs = []
 
-    def recording_prompt_ids(tokenizer, query, passages):
-        ids = prompt_ids(tokenizer, query, passages)
-        windows[tuple(ids)] = (query, len(passages))
-        return ids
-
-    def recording_generate(prompts, max_new_tokens):
-        outputs = generate(prompts, max_new_tokens)
-        _, tokenizer = reranker._load()
-        for prompt, text in zip(prompts, outputs):
-            query, n = windows.pop(tuple(prompt), (None, None))
-            parsed = parse_permutation(text, n) if n else None
-            reranker.raw_outputs.append({
-                "query": query, "n": n, "max_new_tokens": max_new_tokens,
+        def record_output(self, query, passages, max_new_tokens, text, parsed):
+            super().record_output(query, passages, max_new_tokens, text, parsed)
+            _, tokenizer = self.loaded()
+            self.raw_outputs.append({
+                "query": query, "n": passages, "max_new_tokens": max_new_tokens,
                 "output_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"]), "output": text,
-                "order": list(parsed.order) if parsed else None, "complete": bool(parsed and parsed.complete),
-                "named": parsed.named if parsed else None, "repeated": parsed.repeated if parsed else None,
-                "out_of_range": parsed.out_of_range if parsed else None})
-        return outputs
+                "order": list(parsed.order), "complete": bool(parsed.complete), "named": parsed.named,
+                "repeated": parsed.repeated, "out_of_range": parsed.out_of_range})
 
-    reranker._prompt_ids, reranker._generate = recording_prompt_ids, recording_generate
+    return RecordingRankGPT
 
 
-class _FullOutputRankGPT:
-    """Mixin: RankGPT forced to write as many tokens as ``[1] > [2] > ... > [n]`` takes (speed only)."""
+def full_output_rankgpt():
+    """RankGPT forced to write as many tokens as ``[1] > [2] > ... > [n]`` takes (speed only), through RankGPT's
+    public ``generation_config`` hook."""
+    from pyterrier_headrank.baselines import RankGPT
 
-    def _generation_config(self, max_new_tokens, pad_token_id, eos_token_ids):
-        config = super()._generation_config(max_new_tokens, pad_token_id, eos_token_ids)
-        _, tokenizer = self._load()
-        n = min(self.window_size, self._window_len)
-        target = " > ".join(f"[{i}]" for i in range(1, n + 1))
-        config.min_new_tokens = config.max_new_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
-        return config
+    class RankGPTFullOutput(RankGPT):
+        def generation_config(self, max_new_tokens, pad_token_id, eos_token_ids, passages):
+            config = super().generation_config(max_new_tokens, pad_token_id, eos_token_ids, passages)
+            _, tokenizer = self.loaded()
+            target = " > ".join(f"[{i}]" for i in range(1, min(self.window_size, passages) + 1))
+            config.min_new_tokens = config.max_new_tokens = len(tokenizer(target, add_special_tokens=False)["input_ids"])
+            return config
 
-    def _generate(self, prompts, max_new_tokens):
-        self._window_len = (max_new_tokens - 8) // 5  # passages in this window, from RankGPT's default budget
-        return super()._generate(prompts, max_new_tokens)
+    return RankGPTFullOutput
 
 
 def make_speed_system(name, args):
@@ -172,7 +162,7 @@ def make_speed_system(name, args):
     if name == "RankGPT":
         return RankGPT(args.model, **common)
     if name == "RankGPT (full output)":
-        return type("RankGPTFullOutput", (_FullOutputRankGPT, RankGPT), {})(args.model, **common)
+        return full_output_rankgpt()(args.model, **common)
     raise ValueError(name)
 
 

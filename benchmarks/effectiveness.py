@@ -40,7 +40,7 @@ FIRST, TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("first stage", "training-fre
 
 def shipped(model: str):
     """The model's registered fit: its heads, order, slot correction, fusion weight and recipe."""
-    from pyterrier_headrank.artifact import read_fit
+    from pyterrier_headrank.folder import read_fit
     from pyterrier_headrank.registry import default_fit_path
 
     path = default_fit_path(model)
@@ -99,7 +99,7 @@ def provenance(model: str, fit) -> dict:
     """What the stored runs of ``model`` depend on; runs stored under other settings are not reused."""
     from pyterrier_headrank.heads import TRAINING_FREE_LAYERS, TRAINING_FREE_ORDER
 
-    return {"model": model, "fit": pathlib.Path(str(fit.state.source).strip("'")).name,
+    return {"model": model, "fit": pathlib.Path(str(fit.adapter.source).strip("'")).name,
             "training_free": [list(TRAINING_FREE_LAYERS), TRAINING_FREE_ORDER],
             "passage_tokens": fit.settings["max_passage_tokens"], "candidates": 20}
 
@@ -215,7 +215,7 @@ def write_report(args, table, summary, fit, skipped, path):
              f"collection; gap: middle-zone selectivity gap (pp).", "",
              f"- training-free: every head of layers {TRAINING_FREE_LAYERS[0]:g}-{TRAINING_FREE_LAYERS[1]:g} of the "
              f"depth, order {TRAINING_FREE_ORDER}.",
-             f"- shipped default: `{pathlib.Path(str(fit.state.source).strip(chr(39))).name}`, {len(fit.heads)} heads "
+             f"- shipped default: `{pathlib.Path(str(fit.adapter.source).strip(chr(39))).name}`, {len(fit.heads)} heads "
              f"(deepest layer {fit.heads.deepest_layer}), order {recipe['order']}, slot correction "
              f"{'on' if recipe['slot'] else 'off'}, fusion weight {fit.settings['fuse'] or 0:g}; trained on DL21 "
              f"(three first stages) and SciFact train, so on DL21 it is cross-fitted (5 folds of query ids).", "",

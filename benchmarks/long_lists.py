@@ -172,7 +172,8 @@ def measure(args, name: str):
 
 
 def write_report(args, table, path, kept: int = 0):
-    from pyterrier_headrank.windows import DEFAULT_MERGE, DEFAULT_OVERLAP
+    from pyterrier_headrank.ranking_settings import DEFAULT_OVERLAP
+    from pyterrier_headrank.windows import DEFAULT_MERGE
 
     short, depth = f"ndcg10_top{args.short}", f"ndcg10_top{args.depth}"
     lines = [f"# Long lists: window merging ({args.model})", "",

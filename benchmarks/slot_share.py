@@ -59,7 +59,7 @@ def measure(model: str):
     import numpy as np
     from _profiles import Profile, system_scores
 
-    from pyterrier_headrank.artifact import read_fit
+    from pyterrier_headrank.folder import read_fit
     from pyterrier_headrank.heads import HeadSet
     from pyterrier_headrank.registry import default_fit_path
 

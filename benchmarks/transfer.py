@@ -53,8 +53,8 @@ def main(argv=None):
     import pandas as pd
     from _profiles import Profile
 
-    from pyterrier_headrank.artifact import read_fit
     from pyterrier_headrank.data import get_collection
+    from pyterrier_headrank.folder import read_fit
     from pyterrier_headrank.metrics import ndcg10
     from pyterrier_headrank.registry import default_fit_path
 

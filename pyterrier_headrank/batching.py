@@ -1,8 +1,8 @@
 """How many prompt windows go into one forward pass, and what happens when a batch does not fit in GPU memory.
 
 * :func:`plan_batch_size`: on a GPU, as many windows as the free memory holds (KV cache of the layers that run plus
-  the widest activations, with a safety margin), capped; on a CPU one window at a time, since padded batches
-  measured slower there (README, "Options").
+  the widest activations, with a safety margin), capped; on a CPU one window at a time, where padding costs more
+  than batching saves (docs/design.md).
 * :func:`score_in_batches`: runs the batches; on CUDA out-of-memory it halves the batch and retries, down to a single
   window, and only then raises an error that names the window size. Later batches keep the smaller size.
 """

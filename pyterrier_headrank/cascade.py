@@ -1,9 +1,8 @@
-"""The head of a long list, rescored in one window: why reranking the top 100 need not be worse than the top 20.
+"""The head of a long list, rescored in one window, so that reranking a long list need not be worse than a short one.
 
 A list longer than one prompt window is scored in several windows and merged (:mod:`~pyterrier_headrank.windows`).
-Even well merged, a small model's attention over 100 candidates promotes more wrong passages from deep in the list
-than it finds right ones (``benchmarks/long_lists.py``: on DL21, SmolLM2's shipped fit drops from 0.444 nDCG@10 on
-the top 20 to 0.416 on the top 100, whatever the merge). So HeadRank ranks a long list in two steps, as a cascade:
+Even well merged, a small model's attention over many candidates can promote more wrong passages from deep in the
+list than it finds right ones (docs/design.md). So HeadRank ranks a long list in two steps, as a cascade:
 
 1. the merged window scores, fused at equal weight (:data:`POOL_WEIGHT`) with the first stage's *order* (its ranks,
    not its scores: the pool then depends on what every first stage gives, the same with or without a score column),

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .frames import clean_text
-from .ranker import AttentionRanker
+from .attention_ranker import AttentionRanker
+from .candidates import candidate_lists, with_grades
+from .frames import clean_text, first_stage_order
 from .windows import merge_window_scores
 
 COLUMNS = ["position", "docno", "window", "raw", "calibration", "score", "rank", "share", "calibration_share"]
@@ -121,17 +122,11 @@ def explain_results(reranker, results: pd.DataFrame, qid, qrels: Optional[pd.Dat
     group = results[results["qid"].astype(str) == str(qid)]
     if group.empty:
         raise KeyError(f"explain_results: qid {qid!r} is not in the results")
-    if "rank" in group.columns:
-        group = group.sort_values("rank", kind="stable")
-    elif "score" in group.columns:
-        group = group.sort_values("score", ascending=False, kind="stable")
-    docnos = group["docno"].astype(str).tolist()
-    labels = None
+    (candidates,) = candidate_lists(first_stage_order(group), field, "explain_results")
     if qrels is not None:
-        judged = qrels[qrels["qid"].astype(str) == str(qid)]
-        grades = dict(zip(judged["docno"].astype(str), judged["label"]))
-        labels = [float(grades.get(d, 0)) for d in docnos]
-    frame = explain(reranker, group["query"].iloc[0], group[field].tolist(), docnos=docnos, labels=labels)
+        (candidates,) = with_grades([candidates], qrels)
+    labels = None if candidates.labels is None else candidates.labels.tolist()
+    frame = explain(reranker, candidates.query, candidates.texts, docnos=candidates.docnos, labels=labels)
     frame.attrs["qid"] = str(qid)
     return frame
 

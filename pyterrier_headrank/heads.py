@@ -12,11 +12,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 HeadLike = Union["HeadSet", Sequence[Tuple[int, int]], Sequence[Tuple[int, int, float]], dict, str, None]
 #: The name of the training-free head set: ``HeadRank(model, heads="zero-shot")``.
 ZERO_SHOT = "zero-shot"
-#: The training-free head set (every head of the layers between these fractions of the depth) and its prompt order
-#: (``benchmarks/training_free.py``, ``benchmarks/results/training_free.md``), both measured on SmolLM2-135M (seven
-#: collections) and Gemma 3 270M (five): reversed beats first-stage order for every band, and the upper middle of the
-#: depth (layers 1/2-3/4) has the best mean nDCG@10 of seven bands on both models (0.1.0 read layers 1/4-1/2, 0.014
-#: lower). For a 30-layer model that is layers 15-22: the pass stops at three quarters of the depth.
+#: The training-free head set (every head of the layers between these fractions of the depth) and its prompt order,
+#: chosen by ``benchmarks/training_free.py`` (docs/design.md). For a 30-layer model that is layers 15-22: the pass
+#: stops at three quarters of the depth.
 TRAINING_FREE_LAYERS = (0.5, 0.75)
 TRAINING_FREE_ORDER = "reversed"
 

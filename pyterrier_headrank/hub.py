@@ -1,35 +1,39 @@
-"""HeadRank folders as PyTerrier artifacts (type ``reranker``, format ``headrank``).
+"""Fitted HeadRank rerankers on the Hugging Face hub: :func:`upload` and :func:`download` move a saved folder
+(:mod:`~pyterrier_headrank.folder`) as a PyTerrier artifact package; ``HeadRank.to_hf`` and ``HeadRank.from_hf``
+call them.
 
-``pt.Artifact.load(folder)`` and ``pt.Artifact.from_hf(repo)`` find :class:`HeadRankArtifact` through the
-``pyterrier.artifact`` entry point; ``HeadRank.from_hf`` goes through it too.
+:func:`download` gets the artifact class, :class:`~pyterrier_headrank.artifact.HeadRankArtifact`, from PyTerrier,
+which finds it through the ``pyterrier.artifact`` entry point; this module does not import it, so that it stays below
+the reranker.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pyterrier as pt
 
-from .artifact import ARTIFACT_FORMAT, ARTIFACT_TYPE
-from .reranker import HeadRank
+from .folder import ARTIFACT_FORMAT, ARTIFACT_TYPE, save
 
 
-class HeadRankArtifact(pt.Artifact, pt.Transformer):
-    """A HeadRank folder as a PyTerrier artifact; also usable directly as the reranker it holds.
+def upload(reranker, repo: str, **kwargs) -> None:
+    """Save ``reranker`` to a temporary folder and upload it as a PyTerrier artifact package (needs network); the
+    folder's ``pt_meta.json`` tells PyTerrier what it holds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save(reranker, os.path.join(tmp, "headrank"))
+        pt.Artifact(folder).to_hf(repo, **kwargs)
 
-    ``pt.Artifact.load(path)`` returns one of these; :meth:`reranker` gives the :class:`HeadRank`.
-    """
 
-    ARTIFACT_TYPE = ARTIFACT_TYPE
-    ARTIFACT_FORMAT = ARTIFACT_FORMAT
-    ARTIFACT_PACKAGE_HINT = "pyterrier-headrank"
-
-    def __init__(self, path, **overrides):
-        pt.Artifact.__init__(self, path)
-        self._reranker = HeadRank.from_pretrained(path, **overrides)
-
-    def reranker(self) -> HeadRank:
-        return self._reranker
-
-    def transform(self, inp):
-        return self._reranker.transform(inp)
-
-    def __repr__(self) -> str:
-        return f"HeadRankArtifact({str(self.path)!r})"
+def download(repo: str, **overrides):
+    """Download (once, into PyTerrier's artifact cache) a reranker uploaded with :func:`upload`; returns the
+    artifact that PyTerrier loads it as (:class:`~pyterrier_headrank.artifact.HeadRankArtifact`)."""
+    try:
+        artifact = pt.Artifact.from_hf(repo, **overrides)
+    except (OSError, ValueError) as err:
+        raise OSError(f"HeadRank: could not fetch '{repo}' from the Hugging Face hub ({type(err).__name__}: {err}). "
+                      f"Without network, download the artifact elsewhere and pass its folder to "
+                      f"HeadRank.from_pretrained.") from err
+    found = (getattr(artifact, "ARTIFACT_TYPE", None), getattr(artifact, "ARTIFACT_FORMAT", None))
+    if found != (ARTIFACT_TYPE, ARTIFACT_FORMAT):
+        raise ValueError(f"HeadRank: '{repo}' is a {type(artifact).__name__}, not a HeadRank reranker")
+    return artifact

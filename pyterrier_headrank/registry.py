@@ -8,23 +8,29 @@ model (a Qwen3 fit, once someone has one) becomes that model's default by adding
 
     register_default("qwen3-4b", "fits/qwen3-4b-dl")    # now HeadRank("qwen3-4b") uses it
 
-A model without a registered fit uses the training-free head set and warns once that fitting helps.
+A model without a registered fit uses the training-free head set and warns once that fitting helps. The shipped
+fits are also loadable by name (:func:`pretrained_names`, :func:`locate`).
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
+import re
 import threading
 import warnings
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
-from .artifact import PRETRAINED, read_fit
+from .folder import SETTINGS_FILE, read_fit
 
+#: Fitted rerankers shipped inside the package, loadable by name (see ``pretrained/``).
+PRETRAINED = pathlib.Path(__file__).resolve().parent / "pretrained"
 DEFAULTS_FILE = PRETRAINED / "defaults.json"
 _REGISTERED: Dict[str, pathlib.Path] = {}
 _WARNED: set = set()
 _LOCK = threading.Lock()
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
 class FitAdvice(UserWarning):
@@ -79,3 +85,25 @@ def advise_fitting(model_name: str, owner: str = "HeadRank", named: bool = True)
         f"{owner}: no fit is registered for model {model_name!r}, so it reads the training-free head set, which "
         f"ranks worse than a fit. Fit heads on your judged queries: {how}. Pass heads='zero-shot' to choose the "
         f"training-free heads and silence this.", FitAdvice, stacklevel=3)
+
+
+def pretrained_names() -> List[str]:
+    """The names of the fits shipped in ``pretrained/``."""
+    if not PRETRAINED.is_dir():
+        return []
+    return sorted(p.name for p in PRETRAINED.iterdir() if (p / SETTINGS_FILE).is_file())
+
+
+def locate(path_or_hub_id) -> Optional[pathlib.Path]:
+    """The folder that ``path_or_hub_id`` names: a folder (see :func:`~pyterrier_headrank.folder.save`) or the name
+    of a shipped fit (:func:`pretrained_names`, e.g. ``smollm2-135m-scifact``); ``None`` for a Hugging Face hub id
+    (``org/name[@branch]``, see :func:`~pyterrier_headrank.hub.download`). Anything else is refused."""
+    text = str(path_or_hub_id)
+    if os.path.exists(text):
+        return pathlib.Path(text)
+    if text in pretrained_names():
+        return PRETRAINED / text
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return None
+    raise FileNotFoundError(f"HeadRank: '{text}' is neither a folder, a shipped fit ({', '.join(pretrained_names())}) "
+                            f"nor a Hugging Face hub id ('org/name')")

@@ -9,8 +9,8 @@ before it, then its own chunk. The chunks of the later windows are balanced (a l
 
 Merging (``merge_window_scores``) puts each later window on the scale of the passages scored before it, through the
 passages it shares with them (:data:`MERGES`); a passage scored in several windows gets the mean of its aligned
-scores, except the anchors, which keep their window-one scores (the reference scale).
-``benchmarks/long_lists.py`` measures the plans and merges on real lists.
+scores, except the anchors, which keep their window-one scores (the reference scale). Why these choices:
+docs/design.md.
 """
 from __future__ import annotations
 
@@ -26,10 +26,8 @@ from .fusion import zscore
 #: earlier windows (anchors and overlap); ``"affine"`` also matches the spread (standard deviation) of those
 #: passages; ``"zscore"`` standardises every window over its own passages and ignores what they share.
 MERGES = ("anchors", "shared", "affine", "zscore")
-#: the merge HeadRank uses (chosen in ``benchmarks/long_lists.py``)
+#: the merge HeadRank uses
 DEFAULT_MERGE = "shared"
-#: passages of the window before that HeadRank repeats in each later window (``HeadRank(window_overlap=...)``)
-DEFAULT_OVERLAP = 0
 
 
 def plan_windows(token_counts: Sequence[int], budget: int, max_passages: int, n_anchors: int, overlap: int = 0,

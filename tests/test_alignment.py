@@ -8,8 +8,8 @@ import torch
 
 from pyterrier_headrank import HeadRank, HeadSet
 from pyterrier_headrank.attention import AttentionReader
+from pyterrier_headrank.lora import AdapterConfig, adapted_layers, attach_lora, lora_parameters
 from pyterrier_headrank.prompt import ListwisePrompt
-from pyterrier_headrank.training.lora import AdapterConfig, adapted_layers, attach_lora, lora_parameters
 from pyterrier_headrank.training.losses import pairwise_loss, regulariser
 from pyterrier_headrank.training.pairs import preference_pairs
 from pyterrier_headrank.training.replay import AttentionReplay, prepare

@@ -7,7 +7,7 @@ import pyterrier as pt
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.hub import HeadRankArtifact
+from pyterrier_headrank.artifact import HeadRankArtifact
 
 import fit_data
 from conftest import tiny_decoder

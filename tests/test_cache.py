@@ -13,7 +13,7 @@ import torch
 from pyterrier_headrank import HeadRank
 from pyterrier_headrank.baselines import ICR, RankGPT
 from pyterrier_headrank.cache import HeadRankCache, HeadRankCacheError, candidate_list_key, scorer_fingerprint
-from pyterrier_headrank.training.lora import Adapter, AdapterConfig, attach_lora, lora_state
+from pyterrier_headrank.lora import Adapter, AdapterConfig, attach_lora, lora_state
 
 import fit_data
 from conftest import QWEN3_TOKENIZER, tiny_decoder

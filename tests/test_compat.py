@@ -60,7 +60,7 @@ def test_quiet_loading_restores_transformers_logging():
 
 
 def test_lora_names_follow_peft(tiny_qwen3):
-    from pyterrier_headrank.training.lora import AdapterConfig, attach_lora
+    from pyterrier_headrank.lora import AdapterConfig, attach_lora
 
     model, _ = tiny_qwen3
     adapted = attach_lora(model, AdapterConfig((1, 3), rank=2))

@@ -24,4 +24,4 @@ def test_compiled_layers_give_the_eager_scores(qwen3_tokenizer):
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
     layers = [layer for layer in model.model.layers[: compiled.head_set.deepest_layer + 1]]
     assert all(layer._compiled_call_impl is not None for layer in layers), "the layers that run are compiled"
-    assert compiled.__getstate__()["compile"] is True, "the setting travels to parallel workers"
+    assert compiled.__getstate__()["settings"].compile is True, "the setting travels to parallel workers"

@@ -230,12 +230,12 @@ def test_errors_that_need_no_model_answer_in_under_two_seconds(tmp_path, argv):
 
 def test_help_defaults_are_the_python_defaults(capsys):
     """What `headrank rerank --help` and `fit --help` say a default is equals what the code does."""
-    from pyterrier_headrank.artifact import read_fit
     from pyterrier_headrank.batching import MAX_GPU_BATCH
+    from pyterrier_headrank.folder import read_fit
+    from pyterrier_headrank.headrank import DEFAULT_PASSAGE_TOKENS
     from pyterrier_headrank.integrations.cli import DEFAULT_CUTOFF, DEFAULT_MODEL, build_parser, main
     from pyterrier_headrank.models import ALIASES
     from pyterrier_headrank.registry import default_fit_path
-    from pyterrier_headrank.reranker import DEFAULT_PASSAGE_TOKENS
     from pyterrier_headrank.training.settings import FitSettings
 
     assert main(["rerank", "--help"]) == 0

@@ -5,7 +5,7 @@ import pytest
 
 from pyterrier_headrank import HeadRank
 from pyterrier_headrank.fusion import ScoreFusion, fuse, fusion_weight
-from pyterrier_headrank.training.lists import candidate_lists
+from pyterrier_headrank.training.lists import graded_lists
 from pyterrier_headrank.training.settings import FitSettings
 
 import fit_data
@@ -46,12 +46,12 @@ def test_topics_alone_are_refused(tiny_qwen3):
         _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), fit_data.results(), None, verbose=False)
 
 
-def test_candidate_lists_grade_unjudged_as_zero_and_keep_first_stage_order():
+def test_graded_lists_grade_unjudged_as_zero_and_keep_first_stage_order():
     shuffled = fit_data.results(["q1"]).sample(frac=1.0, random_state=0)
-    (item,) = candidate_lists(shuffled, fit_data.qrels())
+    (item,) = graded_lists(shuffled, fit_data.qrels())
     assert item.docnos == [f"q1-d{i}" for i in range(6)]
     assert item.labels.tolist() == [3, 0, 0, 2, 0, 1]
-    (binary,) = candidate_lists(shuffled, fit_data.qrels(graded=False))
+    (binary,) = graded_lists(shuffled, fit_data.qrels(graded=False))
     assert binary.labels.tolist() == [1, 0, 0, 1, 0, 0]
 
 

@@ -138,8 +138,8 @@ def test_fitted_reranker_arrives_intact_in_ray_workers(fresh_tiny, ray_cluster):
     assert reranker.adapter_ is not None and len(reranker.heads) == 2
     copy = pickle.loads(pickle.dumps(reranker))
     assert copy.heads == reranker.heads
-    assert copy.adapter_.state.keys() == reranker.adapter_.state.keys()
-    assert all(torch.equal(copy.adapter_.state[k], v) for k, v in reranker.adapter_.state.items())
+    assert copy.adapter_.weights.keys() == reranker.adapter_.weights.keys()
+    assert all(torch.equal(copy.adapter_.weights[k], v) for k, v in reranker.adapter_.weights.items())
     frame = fit_data.results()
     sequential = reranker(frame)
     with pytest.warns(UserWarning, match="experimental"):

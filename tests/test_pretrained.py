@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from pyterrier_headrank import HeadRank
-from pyterrier_headrank.artifact import pretrained_names
+from pyterrier_headrank.registry import pretrained_names
 
 
 def test_shipped_fit_is_listed_and_unknown_names_are_clear_errors():

@@ -257,9 +257,7 @@ def test_module_imports_without_pyserini_or_java():
                     raise ImportError("blocked " + name)
         sys.meta_path.insert(0, Block())
         import pyterrier_headrank.integrations.pyserini as hp
-        import pyterrier_headrank.pyserini as old  # the old path, kept for compatibility
         assert "pyserini" not in sys.modules and "jnius" not in sys.modules
-        assert old.find_java is hp.find_java and old.rerank_hits is hp.rerank_hits
         print(hp.candidate_text({"text": "ok"}))
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

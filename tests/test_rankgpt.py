@@ -79,8 +79,8 @@ class OracleRankGPT(RankGPT):
         self.texts = []
         self.broken_every = broken_every
 
-    def _generate(self, prompts, max_new_tokens):
-        _, tokenizer = self._load()
+    def _generate(self, prompts, max_new_tokens, passages):
+        _, tokenizer = self.loaded()
         outputs = []
         for ids in prompts:
             text = tokenizer.decode(ids)

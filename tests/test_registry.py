@@ -5,8 +5,8 @@ import warnings
 import pytest
 
 from pyterrier_headrank import HeadRank, HeadSet
-from pyterrier_headrank.artifact import PRETRAINED, read_fit
-from pyterrier_headrank.registry import FitAdvice, default_fit_path, register_default
+from pyterrier_headrank.folder import read_fit
+from pyterrier_headrank.registry import PRETRAINED, FitAdvice, default_fit_path, register_default
 
 import fit_data
 
@@ -109,7 +109,7 @@ def test_a_registered_fit_is_parsed_once_until_its_folder_changes(tmp_path):
     import os
     import shutil
 
-    from pyterrier_headrank.artifact import read_fit_once
+    from pyterrier_headrank.folder import read_fit_once
 
     folder = tmp_path / "fit"
     shutil.copytree(PRETRAINED / "smollm2-135m-general", folder)

@@ -7,7 +7,7 @@ import pytest
 from pyterrier_headrank import HeadRank, HeadSet
 from pyterrier_headrank.plots import head_map
 from pyterrier_headrank.selection import HeadProfile, default_max_layer, normalised_entropy, profile_heads
-from pyterrier_headrank.training.lists import candidate_lists
+from pyterrier_headrank.training.lists import graded_lists
 
 import fit_data
 
@@ -36,7 +36,7 @@ def test_profile_equals_single_head_rerankers(tiny_qwen3):
     """The profile's nDCG of a head is the nDCG@10 of HeadRank reading that head alone (catches head bookkeeping)."""
     reranker = _reranker(tiny_qwen3)
     reader, prompt, _ = reranker.engine()
-    lists = candidate_lists(fit_data.results(), fit_data.qrels())
+    lists = graded_lists(fit_data.results(), fit_data.qrels())
     windows = [prompt.window(prompt.truncate_passages(l.texts)[0], prompt.query_part(l.query)) for l in lists]
     profile = profile_heads(reader, windows, [l.labels for l in lists], [l.qid for l in lists], max_layer=2,
                             verbose=False)

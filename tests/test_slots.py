@@ -4,7 +4,7 @@ import pytest
 
 from pyterrier_headrank import HeadRank, HeadRankCache
 from pyterrier_headrank.slots import SLOT_BINS, corrected, learn_slot_bias, slot_bins
-from pyterrier_headrank.training.lists import candidate_lists
+from pyterrier_headrank.training.lists import graded_lists
 
 import fit_data
 
@@ -38,7 +38,7 @@ def test_fit_learns_the_correction_from_the_training_lists_only(tiny_qwen3, orde
     assert fits[0].slot_bias == fits[1].slot_bias and len(fits[0].slot_bias) == SLOT_BINS
     # by hand: the fitted heads' scores of the training lists, irrelevant passages, by prompt slot
     plain = _reranker(tiny_qwen3, order=order, heads=fits[0].heads)
-    lists = candidate_lists(fit_data.results(TRAIN), fit_data.qrels(qids=TRAIN))
+    lists = graded_lists(fit_data.results(TRAIN), fit_data.qrels(qids=TRAIN))
     scores = plain.score_lists([(c.query, c.texts) for c in lists])
     flip = (lambda x: x[::-1]) if order == "reversed" else (lambda x: x)
     expected = learn_slot_bias([flip(s) for s in scores], [flip(c.labels) for c in lists])

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 
 from ..attention import AttentionReader
+from ..attention_ranker import AttentionRanker
 from ..heads import HeadSet
 from ..layout import prefix_offsets
 from ..prompt import Window
-from ..ranker import AttentionRanker
+from ..ranking_settings import RankingSettings
 
 HELP_URL = "https://arxiv.org/abs/2410.02642"
 
@@ -63,12 +64,11 @@ class ICR(AttentionRanker):
                  text_field: str = "text", batch_size: int = 4, max_passage_tokens: int = 128,
                  max_query_tokens: int = 64, max_window_tokens=None, max_window_passages: int = 1000,
                  n_anchors: int = 3, device=None, dtype="auto", verbose: bool = False):
-        super().__init__(model, None, tokenizer=tokenizer, calibrate=calibrate, text_field=text_field,
-                         batch_size=batch_size, max_passage_tokens=max_passage_tokens,
-                         max_query_tokens=max_query_tokens, max_window_tokens=max_window_tokens,
-                         max_window_passages=max_window_passages, n_anchors=n_anchors, order="first-stage",
-                         device=device, dtype=dtype, verbose=verbose)
+        super().__init__(model, None, tokenizer=tokenizer, settings=RankingSettings.pick(locals()))
         self.token_filter = bool(token_filter)
+
+    def scoring_settings(self) -> dict:
+        return {**super().scoring_settings(), "token_filter": self.token_filter}
 
     def _default_heads(self, num_layers: int, num_heads: int) -> HeadSet:
         return HeadSet.all_heads(num_layers, num_heads)

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import pandas as pd
 import pyterrier as pt
 import torch
 
 from .. import compat
+from ..listwise import ListwiseReranker, QueryPassages
 from ..models import check_model_argument, loaded
 from ..prompt import truncate
-from ..ranker import rerank_frame
+from ..ranking_settings import ListSettings, whole
 from .permutation import ParsedPermutation, parse_permutation
 
 HELP_URL = "https://arxiv.org/abs/2304.09542"
@@ -102,10 +102,11 @@ class _Job:
     list_index: int
     start: int
     end: int
+    query: str
     prompt_ids: List[int]
 
 
-class RankGPT(pt.Transformer):
+class RankGPT(ListwiseReranker):
     """Rerank candidates by generating their order with a chat LLM, in sliding windows (RankGPT).
 
     Args:
@@ -123,50 +124,36 @@ class RankGPT(pt.Transformer):
     Decoding is greedy. The output is parsed leniently (:func:`parse_permutation`); passages it does not name keep
     their order behind the named ones. ``format_stats`` counts how often the output was a full permutation.
     The score of a candidate is ``n - position`` in the final order (higher is better).
+
+    Two public hooks let a subclass change or watch generation: :meth:`generation_config` (the settings of one
+    batch's generation) and :meth:`record_output` (called with every window's output).
     """
+
+    settings_class = ListSettings
 
     def __init__(self, model="smollm2-135m", *, tokenizer=None, text_field: str = "text", window_size: int = 20,
                  stride: int = 10, batch_size: int = 4, max_passage_tokens: int = 128, max_query_tokens: int = 64,
                  max_new_tokens=None, device=None, dtype="auto", verbose: bool = False):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.text_field = text_field
+        batch_size = whole(batch_size, "batch_size", "RankGPT")
+        self._init_model(model, tokenizer, ListSettings.pick(locals()).checked("RankGPT"))
         self.window_size = int(window_size)
         self.stride = int(stride)
-        self.batch_size = int(batch_size)
-        self.max_passage_tokens = int(max_passage_tokens)
-        self.max_query_tokens = int(max_query_tokens)
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
-        self.device = device
-        self.dtype = dtype
-        self.verbose = verbose
         check_model_argument("RankGPT", model, tokenizer, device, dtype)  # fail now, not at first use
         if self.window_size < 2 or not 1 <= self.stride <= self.window_size:
             raise ValueError(f"RankGPT: need window_size >= 2 and 1 <= stride <= window_size, got "
                              f"window_size={self.window_size}, stride={self.stride}")
-        if self.batch_size < 1 or self.max_passage_tokens < 1 or self.max_query_tokens < 1:
-            raise ValueError("RankGPT: batch_size, max_passage_tokens and max_query_tokens must be >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError("RankGPT: max_new_tokens must be >= 1 (or None)")
         self.format_stats = FormatStats()
-        self._loaded = None
 
-    # ---- lazy model ---------------------------------------------------------------------------------------------
-    @property
-    def model_name(self) -> str:
-        return self.model if isinstance(self.model, str) else type(self.model).__name__
-
-    def __getstate__(self) -> dict:
-        """Pickled without the loaded model: a worker of ``.parallel()`` loads it once, lazily."""
-        state = self.__dict__.copy()
-        state["_loaded"] = None
-        return state
+    def scoring_settings(self) -> dict:
+        return {**super().scoring_settings(), "window_size": self.window_size, "stride": self.stride,
+                "max_new_tokens": self.max_new_tokens}
 
     def _load(self):
-        """(model, tokenizer) on first use."""
-        if self._loaded is None:
-            self._loaded = loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
-        return self._loaded
+        """(model, tokenizer), loaded on first use (:meth:`loaded`)."""
+        return loaded(self.model, self.tokenizer, self.device, self.dtype, self.verbose)
 
     # ---- prompting and generation -------------------------------------------------------------------------------
     def _prompt_ids(self, tokenizer, query: str, passages: Sequence[str]) -> List[int]:
@@ -179,9 +166,10 @@ class RankGPT(pt.Transformer):
                 "assistant: "
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _generate(self, prompts: Sequence[List[int]], max_new_tokens: int) -> List[str]:
-        """Greedy continuations of left-padded ``prompts``, decoded without special tokens."""
-        model, tokenizer = self._load()
+    def _generate(self, prompts: Sequence[List[int]], max_new_tokens: int, passages: int) -> List[str]:
+        """Greedy continuations of left-padded ``prompts`` (windows of at most ``passages`` passages), decoded
+        without special tokens."""
+        model, tokenizer = self.loaded()
         pad = compat.pad_token_id(tokenizer)
         width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), pad, dtype=torch.long)
@@ -191,24 +179,33 @@ class RankGPT(pt.Transformer):
             mask[row, width - len(prompt):] = 1
         eos = [i for i in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")}
                if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
-        config = self._generation_config(max_new_tokens, pad, eos)
+        config = self.generation_config(max_new_tokens, pad, eos, passages)
         device = next(model.parameters()).device
         with torch.inference_mode():
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  generation_config=config)
         return tokenizer.batch_decode(out[:, width:].cpu(), skip_special_tokens=True)
 
-    def _generation_config(self, max_new_tokens: int, pad_token_id: int, eos_token_ids: List[int]):
-        """Greedy decoding, stopping at the end of the turn (the speed benchmark overrides this)."""
+    def generation_config(self, max_new_tokens: int, pad_token_id: int, eos_token_ids: List[int], passages: int):
+        """The ``transformers.GenerationConfig`` of one batch whose windows hold at most ``passages`` passages:
+        greedy decoding of at most ``max_new_tokens`` tokens, stopping at the end of the turn. A public hook: a
+        subclass may return other settings (force the length of a full permutation, say)."""
         from transformers import GenerationConfig
 
         return GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
                                 pad_token_id=pad_token_id, eos_token_id=eos_token_ids or None)
 
     # ---- scoring ------------------------------------------------------------------------------------------------
-    def score_lists(self, lists: Sequence[Tuple[str, Sequence[str]]], desc: str = "RankGPT") -> List[np.ndarray]:
+    def record_output(self, query: str, passages: int, max_new_tokens: int, text: str,
+                      parsed: ParsedPermutation) -> None:
+        """Called with every window's generated ``text`` and its parse (the window held ``passages`` passages of
+        ``query``; the budget was ``max_new_tokens``): counts it in ``format_stats``. A public hook: a subclass may
+        keep more (every raw output, say)."""
+        self.format_stats.add(parsed, text)
+
+    def score_lists(self, lists: Sequence[QueryPassages], desc: str = "RankGPT") -> List[np.ndarray]:
         """Scores for several (query, passages) lists; passages in first-stage order. Higher is better."""
-        _, tokenizer = self._load()
+        _, tokenizer = self.loaded()
         orders = [list(range(len(passages))) for _, passages in lists]
         plans = [sliding_windows(len(passages), self.window_size, self.stride) for _, passages in lists]
         prepared = []
@@ -224,15 +221,16 @@ class RankGPT(pt.Transformer):
                         start, end = plan[step]
                         query, texts = prepared[i]
                         window = [texts[j] for j in orders[i][start:end]]
-                        jobs.append(_Job(i, start, end, self._prompt_ids(tokenizer, query, window)))
+                        jobs.append(_Job(i, start, end, query, self._prompt_ids(tokenizer, query, window)))
                 jobs.sort(key=lambda job: len(job.prompt_ids))
                 for first in range(0, len(jobs), self.batch_size):
                     batch = jobs[first:first + self.batch_size]
-                    budget = self.max_new_tokens or 5 * max(job.end - job.start for job in batch) + 8
-                    outputs = self._generate([job.prompt_ids for job in batch], budget)
+                    widest = max(job.end - job.start for job in batch)
+                    budget = self.max_new_tokens or 5 * widest + 8
+                    outputs = self._generate([job.prompt_ids for job in batch], budget, widest)
                     for job, text in zip(batch, outputs):
                         parsed = parse_permutation(text, job.end - job.start)
-                        self.format_stats.add(parsed, text)
+                        self.record_output(job.query, job.end - job.start, budget, text, parsed)
                         current = orders[job.list_index][job.start:job.end]
                         orders[job.list_index][job.start:job.end] = [current[k] for k in parsed.order]
                     bar.update(len(batch))
@@ -244,12 +242,6 @@ class RankGPT(pt.Transformer):
         return scores
 
     # ---- PyTerrier ----------------------------------------------------------------------------------------------
-    def transform(self, inp: pd.DataFrame) -> pd.DataFrame:
-        return rerank_frame(self, inp, lambda lists, first_stage: self.score_lists(lists))  # the permutation alone
-
-    def transform_inputs(self):
-        return [["qid", "query", "docno", self.text_field]]
-
     def schematic(self, *, input_columns=None):
         return {"label": "RankGPT", "help_url": HELP_URL}
 

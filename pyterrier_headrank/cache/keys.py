@@ -13,14 +13,15 @@ import numpy as np
 import pyterrier as pt
 import torch
 
-from .. import __version__
 from ..heads import HeadSet
-from ..hub import HeadRankArtifact
+from ..listwise import ListwiseReranker
+from ..ranking_settings import RUN, RankingSettings
+from ..version import __version__
 
 #: Bumped when the key or the stored format changes; older entries then simply miss (or the file is refused).
 CACHE_FORMAT = 1
-#: Constructor settings that never change scores, left out of the key.
-NOT_IN_KEY = frozenset({"batch_size", "device", "verbose", "compile"})
+#: Settings that never change scores (role ``run``), left out of the key of a transformer outside the contract.
+NOT_IN_KEY = frozenset(RankingSettings.names(RUN))
 #: Values sampled from each weight tensor of a loaded model for its fingerprint.
 SAMPLES_PER_TENSOR = 32
 #: Tokens sampled from a tokenizer's vocabulary for its fingerprint.
@@ -116,14 +117,14 @@ def describe_model(model: torch.nn.Module) -> dict:
 
 
 def describe_adapter(adapter) -> Optional[dict]:
-    """A fitted adapter (``reranker.adapter_``): its class, its ``config`` and a hash of its ``state`` tensors."""
+    """A fitted adapter (``reranker.adapter_``): its class, its ``config`` and a hash of its ``weights``."""
     if adapter is None:
         return None
     config = getattr(adapter, "config", None)
-    state = getattr(adapter, "state", None)
+    weights = getattr(adapter, "weights", None)
     return {"class": _class_name(adapter),
             "config": config.to_dict() if hasattr(config, "to_dict") else _describe(config, "adapter_.config"),
-            "state": tensors_digest(state) if state else None}
+            "weights": tensors_digest(weights) if weights else None}
 
 
 def _class_name(value) -> str:
@@ -155,11 +156,12 @@ def _describe(value, where: str):
 
 
 def constructor_settings(reranker) -> List[str]:
-    """The constructor parameters of every class in ``type(reranker).__mro__``, but :data:`NOT_IN_KEY`.
+    """The constructor parameters of every class in ``type(reranker).__mro__``, but :data:`NOT_IN_KEY`: the settings
+    of a transformer outside the :class:`~pyterrier_headrank.listwise.ListwiseReranker` contract (a wrapper of a
+    reranker, say), which must keep each under its parameter's name.
 
-    The whole class hierarchy is read, so that a subclass taking ``**kwargs`` and passing them on to HeadRank is still
-    keyed by HeadRank's settings. A constructor that takes ``*args`` (such as a PyTerrier pipeline's) is refused:
-    what those arguments do to scores cannot be read.
+    A constructor that takes ``*args`` (such as a PyTerrier pipeline's) is refused: what those arguments do to
+    scores cannot be read.
     """
     names: List[str] = []
     for cls in type(reranker).__mro__:
@@ -176,18 +178,26 @@ def constructor_settings(reranker) -> List[str]:
     return [name for name in names if name not in NOT_IN_KEY]
 
 
+def scorer_settings(reranker) -> dict:
+    """What decides ``reranker``'s scores, by name: a :class:`~pyterrier_headrank.listwise.ListwiseReranker` says so
+    itself (:meth:`~pyterrier_headrank.listwise.ListwiseReranker.scoring_settings`); another transformer is read
+    through :func:`constructor_settings` (a setting not stored under its name is refused)."""
+    if isinstance(reranker, ListwiseReranker):
+        return reranker.scoring_settings()
+    cls = type(reranker).__name__
+    missing = [name for name in constructor_settings(reranker) if not hasattr(reranker, name)]
+    if missing:
+        raise TypeError(f"HeadRankCache: cannot key {cls}: its setting {missing[0]!r} is not stored as "
+                        f"{cls}.{missing[0]}, so the cache cannot tell when it changes")
+    return {name: getattr(reranker, name) for name in constructor_settings(reranker)}
+
+
 def describe_scorer(reranker) -> dict:
-    """What a reranker's scores depend on: its class, its constructor settings (:func:`constructor_settings`, read
-    from the attribute of the same name, as HeadRank, ICR and RankGPT store them), its fitted adapter
-    (``adapter_``) and this package's version. A setting not stored under its name is refused."""
+    """What a reranker's scores depend on: its class, its settings (:func:`scorer_settings`), its fitted adapter
+    (``adapter_``) and this package's version."""
     reranker = scoring_target(reranker)
     cls = type(reranker).__name__
-    settings = {}
-    for name in constructor_settings(reranker):
-        if not hasattr(reranker, name):
-            raise TypeError(f"HeadRankCache: cannot key {cls}: its setting {name!r} is not stored as "
-                            f"{cls}.{name}, so the cache cannot tell when it changes")
-        settings[name] = _describe(getattr(reranker, name), f"{cls}.{name}")
+    settings = {name: _describe(value, f"{cls}.{name}") for name, value in scorer_settings(reranker).items()}
     return {"format": CACHE_FORMAT, "package": __version__, "class": _class_name(reranker), "settings": settings,
             "adapter": describe_adapter(getattr(reranker, "adapter_", None))}
 
@@ -198,7 +208,8 @@ def scorer_fingerprint(reranker) -> str:
 
 
 def scoring_target(reranker):
-    """The reranker whose settings decide the scores: a :class:`HeadRankArtifact` is keyed by the HeadRank inside."""
-    return reranker.reranker() if isinstance(reranker, HeadRankArtifact) else reranker
-
-
+    """The reranker whose settings decide the scores: a PyTerrier artifact that holds a reranker (such as
+    :class:`~pyterrier_headrank.artifact.HeadRankArtifact`) is keyed by the reranker inside."""
+    if isinstance(reranker, pt.Artifact) and callable(getattr(reranker, "reranker", None)):
+        return reranker.reranker()
+    return reranker

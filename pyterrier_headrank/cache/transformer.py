@@ -5,9 +5,10 @@ A pointwise cache (pyterrier-caching's ``ScorerCache``) keys a score on ``(query
 gets a different score in another list, another order, or from another model, head set or adapter. This cache
 therefore stores the scores of a whole candidate list under one key that covers everything that can change them:
 
-* the scorer: its class, every constructor setting that can change scores (read from the attribute of the same
-  name), the model (a name string as given; for a loaded model its class, config and a sampled fingerprint of its
-  weights; its tokenizer), the fitted heads and LoRA adapter weights (``adapter_``), and this package's version;
+* the scorer: its class, every setting that can change scores (a listwise reranker's
+  :meth:`~pyterrier_headrank.listwise.ListwiseReranker.scoring_settings`), the model (a name string as given; for a
+  loaded model its class, config and a sampled fingerprint of its weights; its tokenizer), the fitted heads and LoRA
+  adapter weights (``adapter_``), and this package's version;
 * the query text, and the candidates in first-stage order (``rank``, else descending ``score``, else as given; the
   order the reranker itself uses), each with a hash of its passage text.
 
@@ -27,40 +28,30 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import pyterrier as pt
 
-from ..frames import add_ranks, check_is_frame, check_qids, first_stage_order, query_of
+from ..candidates import CandidateList, candidate_lists
+from ..frames import add_ranks, check_is_frame, check_qids, first_stage_order
+from ..listwise import ListwiseReranker
 from .keys import ROW_COLUMN, candidate_list_key, scorer_fingerprint, scoring_target
 from .store import ScoreStore, entry_checksum
 
-# ---- the transformer ----------------------------------------------------------------------------------------------
 NAME = "HeadRankCache"  # how errors name it
 
 
-@dataclass
-class KeyedList:
-    """One query's candidates as the cache keys them (see :meth:`key`), in first-stage order: row labels in the ordered
-    frame, docnos, passage texts."""
-
-    qid: object
-    query: str
-    rows: np.ndarray
-    docnos: List[str]
-    texts: list
-    first_stage: Optional[List[float]] = None  # the first stage's scores, when the scorer fuses with them
-
-    def key(self, scorer: str) -> str:
-        return candidate_list_key(scorer, self.query, self.docnos, self.texts, self.first_stage)
+def list_key(scorer: str, candidates: CandidateList, fuses: bool) -> str:
+    """The key of one candidate list for ``scorer`` (with the first stage's scores when the scorer ``fuses``)."""
+    return candidate_list_key(scorer, candidates.query, candidates.docnos, candidates.texts,
+                              candidates.first_stage.tolist() if fuses else None)
 
 
 def check_frame(inp, text_field: str) -> None:
     """Refuse, naming HeadRankCache, what is not a candidate frame: not a DataFrame, missing columns, rows without
-    a qid, a qid with no or several query texts."""
+    a qid (a qid with no or several query texts is refused when its list is read)."""
     check_is_frame(inp, NAME)
     missing = [c for c in ("qid", "query", "docno", text_field) if c not in inp.columns]
     if missing:
@@ -70,27 +61,17 @@ def check_frame(inp, text_field: str) -> None:
     if ROW_COLUMN in inp.columns:
         raise ValueError(f"{NAME}: the input frame has a column named {ROW_COLUMN!r}, which the cache uses")
     check_qids(inp, NAME)
-    for qid, queries in inp.groupby("qid", sort=False)["query"]:
-        query_of(queries, qid, NAME)
-
-
-def candidate_lists(frame: pd.DataFrame, text_field: str, with_scores: bool = False) -> List[KeyedList]:
-    """The candidate lists of a frame already in :func:`first_stage_order`, one per qid (with the first stage's
-    scores when ``with_scores``)."""
-    return [KeyedList(qid, group["query"].iloc[0], group.index.to_numpy(), [str(d) for d in group["docno"]],
-                          list(group[text_field]),
-                          pd.to_numeric(group["score"], errors="coerce").tolist() if with_scores else None)
-            for qid, group in frame.groupby("qid", sort=False)]
 
 
 class HeadRankCache(pt.Transformer):
     """Cache the scores of a listwise reranker per candidate list, in an sqlite file shared across processes.
 
     Args:
-        reranker: HeadRank, ICR, RankGPT (or a :class:`HeadRankArtifact`, or another transformer that follows their
-            frame contract: input qid, query, docno, text[, score, rank]; output every input column with new score
-            and rank, one row per input row, and keeps its settings as attributes named after its constructor's
-            parameters).
+        reranker: a :class:`~pyterrier_headrank.listwise.ListwiseReranker` (HeadRank, ICR, RankGPT), or a
+            :class:`~pyterrier_headrank.artifact.HeadRankArtifact`, or another transformer that follows their frame
+            contract (input qid, query, docno, text[, score, rank]; output every input column with new score and
+            rank, one row per input row) and keeps its settings as attributes named after its constructor's
+            parameters.
         path: the sqlite file (created with its folder when missing).
         verbose: print one line per call with its hits and misses.
 
@@ -100,7 +81,7 @@ class HeadRankCache(pt.Transformer):
     candidate lists; :meth:`stats` reports them with the number of stored entries.
     """
 
-    def __init__(self, reranker, path, verbose: bool = False):
+    def __init__(self, reranker: Union[ListwiseReranker, pt.Transformer], path, verbose: bool = False):
         if not callable(getattr(reranker, "transform", None)):
             raise TypeError(f"HeadRankCache: expects a reranker with a transform method (HeadRank, ICR, RankGPT), "
                             f"got {type(reranker).__name__}")
@@ -135,15 +116,15 @@ class HeadRankCache(pt.Transformer):
             return out
         frame = first_stage_order(inp)
         fuses = getattr(scoring_target(self.reranker), "fuse", None) is not None and "score" in frame.columns
-        lists = candidate_lists(frame, self.text_field, with_scores=fuses)
+        lists = candidate_lists(frame, self.text_field, NAME)
         scorer = scorer_fingerprint(self.reranker)
-        keys = [c.key(scorer) for c in lists]
+        keys = [list_key(scorer, c, fuses) for c in lists]
         scores = self._lookup(lists, keys)
         missing = [i for i, key in enumerate(keys) if key not in scores]
         if missing:
             fresh = self._score([lists[i] for i in missing], frame)
             scores.update({keys[i]: s for i, s in zip(missing, fresh)})
-            self._save([lists[i] for i in missing], fresh, scorer)
+            self._save([lists[i] for i in missing], [keys[i] for i in missing], fresh, scorer)
         with self._lock:
             self.hits += len(lists) - len(missing)
             self.misses += len(missing)
@@ -154,7 +135,7 @@ class HeadRankCache(pt.Transformer):
         frame["score"] = pd.Series(np.concatenate([scores[k] for k in keys]), index=labels)
         return add_ranks(frame).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
 
-    def _lookup(self, lists: Sequence[KeyedList], keys: Sequence[str]) -> Dict[str, np.ndarray]:
+    def _lookup(self, lists: Sequence[CandidateList], keys: Sequence[str]) -> Dict[str, np.ndarray]:
         """Verified stored scores by key; an entry that fails its checksum or its docnos is left out (recomputed)."""
         found = {}
         stored = self.store.read(list(dict.fromkeys(keys)))
@@ -172,7 +153,7 @@ class HeadRankCache(pt.Transformer):
                           f"(the file was changed or damaged); recomputing it", stacklevel=3)
         return found
 
-    def _score(self, lists: Sequence[KeyedList], frame: pd.DataFrame) -> List[np.ndarray]:
+    def _score(self, lists: Sequence[CandidateList], frame: pd.DataFrame) -> List[np.ndarray]:
         """Scores of ``lists`` from ONE call of the wrapped reranker, in each list's first-stage order."""
         rows = np.concatenate([c.rows for c in lists])
         subset = frame.loc[rows].assign(**{ROW_COLUMN: rows})
@@ -187,10 +168,11 @@ class HeadRankCache(pt.Transformer):
                              f"needs a score for every candidate (put rank cutoffs after it: HeadRankCache(...) % 10)")
         return [by_row.loc[c.rows].to_numpy(dtype="float64") for c in lists]
 
-    def _save(self, lists: Sequence[KeyedList], scores: Sequence[np.ndarray], scorer: str) -> None:
-        """Store fresh scores under the scorer's key."""
-        rows = [(c.key(scorer), scorer, json.dumps(c.docnos), np.asarray(v, dtype="<f8").tobytes())
-                for c, v in zip(lists, scores)]
+    def _save(self, lists: Sequence[CandidateList], keys: Sequence[str], scores: Sequence[np.ndarray],
+              scorer: str) -> None:
+        """Store fresh scores under their lists' keys."""
+        rows = [(key, scorer, json.dumps(c.docnos), np.asarray(v, dtype="<f8").tobytes())
+                for c, key, v in zip(lists, keys, scores)]
         self.store.write(rows)
 
     def stats(self) -> dict:

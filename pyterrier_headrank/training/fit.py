@@ -14,7 +14,7 @@ The steps, on the training candidate lists (each query's candidates in first-sta
 
 Settings come from :class:`FitSettings` (``reranker.fit_settings``, for pipelines whose ``fit`` passes only the data)
 overridden by keyword arguments of ``fit``. Fits are repeatable for a given ``seed``. :func:`fit` returns what it
-learned as :class:`~pyterrier_headrank.artifact.FitParts` (what a saved folder holds too) and leaves the reranker
+learned as :class:`~pyterrier_headrank.fit_parts.FitParts` (what a saved folder holds too) and leaves the reranker
 as it was; ``HeadRank.fit`` applies the result (``HeadRank.apply_fit``).
 """
 from __future__ import annotations
@@ -29,14 +29,16 @@ import numpy as np
 import pyterrier as pt
 import torch
 
-from ..artifact import FitParts
+from ..candidates import CandidateList
+from ..fit_parts import FitParts
 from ..fusion import best_weight
 from ..heads import HeadSet
+from ..listwise import ListwiseReranker
+from ..lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_state
 from ..metrics import ndcg10
 from ..selection import profile_heads
 from ..slots import learn_slot_bias
-from .lists import CandidateList, candidate_lists, check_qrels
-from .lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_state
+from .lists import check_qrels, graded_lists
 from .replay import AttentionReplay, has_pairs, prepare
 from .settings import FitSettings
 from .trainer import AlignResult, AlignSettings, train_adapters
@@ -59,20 +61,21 @@ def _windows(reranker, lists: Sequence[CandidateList]):
     return windows, kept
 
 
-def fit(reranker, train, train_qrels, valid=None, valid_qrels=None, **overrides) -> FitParts:
-    """Fit ``reranker`` (a :class:`HeadRank`) and return what was learned (``HeadRank.apply_fit`` applies it; the
-    reranker itself is not changed); see the module docstring."""
+def fit(reranker: ListwiseReranker, train, train_qrels, valid=None, valid_qrels=None, **overrides) -> FitParts:
+    """Fit ``reranker`` and return what was learned (``HeadRank.apply_fit`` applies it; the reranker itself is not
+    changed); see the module docstring. ``reranker`` is a listwise reranker that reads attention and takes a fit: a
+    :class:`~pyterrier_headrank.HeadRank` (its ``engine``, ``windows``, ``unfitted`` and ``with_fit``)."""
     settings = _checked_settings(reranker, overrides, valid is not None)
     started = time.time()
     # a fresh fit starts from the base model with the reranker's own heads (or the zero-shot default); what a
     # registered default fit set (its adapter, fusion weight, slot correction) goes, the caller's settings stay
     base = reranker.unfitted()
     reader, _, start_heads = base.engine()
-    train_lists = candidate_lists(train, train_qrels, base.text_field)
+    train_lists = graded_lists(train, train_qrels, base.text_field)
     train_qrels = check_qrels(train_qrels)
     if valid is not None and valid_qrels is None:
         raise ValueError("HeadRank.fit: validation results need validation qrels")
-    valid_lists = candidate_lists(valid, valid_qrels, base.text_field) if valid is not None else []
+    valid_lists = graded_lists(valid, valid_qrels, base.text_field) if valid is not None else []
     valid_qrels = check_qrels(valid_qrels, "validation qrels") if valid is not None else None
     train_windows, train_kept = _windows(base, train_lists)
     valid_windows, valid_kept = _windows(base, valid_lists)

@@ -21,8 +21,8 @@ from ..attention import (
 )
 from ..heads import HeadSet
 from ..layout import Layout
+from ..lora import load_lora_state, lora_parameters, lora_state
 from ..prompt import Window
-from .lora import load_lora_state, lora_parameters, lora_state
 from .pairs import middle_zone
 
 

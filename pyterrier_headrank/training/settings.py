@@ -12,39 +12,28 @@ from .trainer import AlignSettings
 @dataclass
 class FitSettings(AlignSettings):
     """Settings of :meth:`HeadRank.fit` and their defaults: the alignment's own (:class:`AlignSettings`, inherited,
-    so that each is written once) and the steps around it.
-
-    Selection: ``select`` (choose heads; False keeps the reranker's heads), ``k`` heads, ``lam`` (entropy penalty),
-    ``max_layer`` (deepest layer considered; None = two thirds of the depth), ``select_queries`` (profile at most
-    this many training lists, drawn with ``seed``; None = all).
-    Alignment: ``align``, ``learn_weights`` (also train the head weights), ``adapt_layers`` (LoRA on the this-many
-    deepest layers holding selected heads; 0 = all of them; each more layer makes a training step cost about one more
-    layer), ``rank``, ``alpha``, ``targets``,
-    ``epochs`` (at most), ``lr``, ``weight_decay``, ``beta`` (pairwise temperature), ``gamma`` (entropy weight of
-    Omega), ``eta`` (middle-zone variance weight of Omega), ``reference`` (DPO-style margin relative to the starting
-    model), ``max_pairs`` and ``hard_negatives`` (pair sampler), ``patience`` (early stopping, epochs),
-    ``cv_folds`` (cross-fitting folds when no validation data is given; 0 or 1 = train ``epochs`` epochs).
-    Position bias: ``slot_correction`` (learn the per-slot correction, :mod:`~pyterrier_headrank.slots`, on the
-    training lists and set it on the reranker; False leaves ``reranker.slot_bias`` as it is).
-    Fusion: ``fuse`` (choose the weight of the first stage's score, :mod:`~pyterrier_headrank.fusion`, on the
-    validation queries, which it then needs, and set it on the reranker; False leaves ``reranker.fuse`` as it is).
+    so that each is written once: ``epochs``, ``lr``, ``weight_decay``, ``beta``, ``gamma``, ``eta``, ``reference``,
+    ``max_pairs``, ``hard_negatives``, ``patience``, ``seed``) and the steps around it, each documented beside it.
     """
 
-    select: bool = True
-    k: int = 8
-    lam: float = 0.1
-    max_layer: Optional[int] = None
-    select_queries: Optional[int] = None
-    align: bool = True
-    learn_weights: bool = True
-    adapt_layers: int = 1
-    rank: int = 8
-    alpha: float = 16.0
-    targets: Tuple[str, ...] = ("q_proj", "k_proj")
-    cv_folds: int = 3
-    slot_correction: bool = False
-    fuse: bool = False
-    verbose: bool = True
+    # ---- selection
+    select: bool = True                     # choose heads; False keeps the reranker's heads
+    k: int = 8                              # how many heads
+    lam: float = 0.1                        # entropy penalty of the selection score
+    max_layer: Optional[int] = None         # deepest layer considered; None: two thirds of the depth
+    select_queries: Optional[int] = None    # profile at most this many training lists (drawn with seed); None: all
+    # ---- alignment
+    align: bool = True                      # train LoRA adapters (and head weights) after selection
+    learn_weights: bool = True              # also train the head weights
+    adapt_layers: int = 1                   # LoRA on this many deepest layers holding selected heads; 0: all of them
+    rank: int = 8                           # LoRA rank
+    alpha: float = 16.0                     # LoRA alpha
+    targets: Tuple[str, ...] = ("q_proj", "k_proj")  # the projections that get adapters
+    cv_folds: int = 3                       # epochs chosen by cross-fitting when no validation data; 0 or 1: fixed
+    # ---- position bias and fusion
+    slot_correction: bool = False           # learn the per-slot correction (slots.py) and set it on the reranker
+    fuse: bool = False                      # choose the fusion weight on the validation queries (needs them)
+    verbose: bool = True                    # progress bars
 
     def replace(self, **overrides) -> "FitSettings":
         names = {f.name for f in dataclasses.fields(self)}

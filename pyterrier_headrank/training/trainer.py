@@ -17,18 +17,18 @@ from .replay import AttentionReplay, CachedList, has_pairs, prepare
 
 @dataclass
 class AlignSettings:
-    """Hyper-parameters of alignment (what each term does: :mod:`pyterrier_headrank.training`)."""
+    """Hyper-parameters of alignment (what each term of the loss does: docs/design.md, "Training")."""
 
-    epochs: int = 4
-    lr: float = 1e-3
+    epochs: int = 4              # at most this many epochs
+    lr: float = 1e-3             # learning rate (AdamW)
     weight_decay: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.01
-    eta: float = 0.01
-    reference: bool = False
-    max_pairs: int = 32
-    hard_negatives: int = 3
-    patience: int = 2
+    beta: float = 1.0            # temperature of the pairwise (Bradley-Terry) loss
+    gamma: float = 0.01          # weight of the entropy term of Omega
+    eta: float = 0.01            # weight of the middle-zone variance term of Omega
+    reference: bool = False      # DPO-style margin, relative to the starting model
+    max_pairs: int = 32          # preference pairs per list, hardest first
+    hard_negatives: int = 3      # each relevant passage also over this many top-scored passages of the lowest grade
+    patience: int = 2            # early stopping: epochs without a better validation score
     seed: int = 0
 
 

@@ -93,7 +93,7 @@ def create_app(service: RerankService) -> FastAPI:
         finally:
             await asyncio.to_thread(service.stop)
 
-    from pyterrier_headrank import __version__
+    from pyterrier_headrank.version import __version__
 
     app = FastAPI(title="HeadRank rerank service", version=__version__, lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url=None)

@@ -87,7 +87,8 @@ def _quiet_libraries() -> None:
 
 def cmd_serve(args) -> int:
     """``headrank serve``: check the options, build the reranker, and serve until interrupted."""
-    from ..cli import CliError, build_reranker
+    from ..reranker_options import build_reranker
+    from ..trec_files import CliError
 
     try:
         import fastapi  # noqa: F401

@@ -1,8 +1,8 @@
 """Rank several requests' documents in one call to the reranker, with the same result as ``HeadRank.rank`` on each.
 
 The batching queue (:mod:`.batching`) hands over the requests that arrived together; :func:`rank_lists` scores them
-with one :meth:`~pyterrier_headrank.ranker.AttentionRanker.final_scores` call, so that their prompt windows share
-forward passes where ``batch_size`` allows (on a GPU), and ranks each list as :meth:`AttentionRanker.rank` does: the
+with one :meth:`~pyterrier_headrank.listwise.ListwiseReranker.final_scores` call, so that their prompt windows share
+forward passes where ``batch_size`` allows (on a GPU), and ranks each list as :meth:`ListwiseReranker.rank` does: the
 query stripped, missing texts as empty strings, the documents' given order standing in for first-stage scores, ties
 kept in the given order. A failure in a group is retried request by request, so that one request that cannot be
 scored does not take the others' results with it.

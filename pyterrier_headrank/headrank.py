@@ -1,5 +1,5 @@
 """``HeadRank``: the fitted attention reranker (registered default fits, fitting, saving), on
-:class:`~pyterrier_headrank.ranker.AttentionRanker`."""
+:class:`~pyterrier_headrank.attention_ranker.AttentionRanker`."""
 from __future__ import annotations
 
 import copy
@@ -8,12 +8,14 @@ from typing import Optional, Sequence, Union
 
 import pyterrier as pt
 
-from .artifact import FitParts, download, locate, read_fit, read_fit_once, save, upload
+from .attention_ranker import AttentionRanker
+from .fit_parts import FitParts
+from .folder import read_fit, read_fit_once, save
 from .heads import TRAINING_FREE_ORDER, HeadLike, HeadSet
-from .ranker import AttentionRanker
-from .registry import advise_fitting, default_fit_path
+from .hub import download, upload
+from .ranking_settings import DEFAULT_OVERLAP, RankingSettings
+from .registry import advise_fitting, default_fit_path, locate
 from .training.fit import fit
-from .windows import DEFAULT_OVERLAP
 
 HELP_URL = "https://arxiv.org/abs/2604.17237"
 #: "use the default": the model's registered fit's value where it has one (:mod:`~pyterrier_headrank.registry`),
@@ -42,8 +44,8 @@ class HeadRank(AttentionRanker, pt.Estimator):
         calibrate: subtract the attention paid by the content-free query "N/A" (as ICR does).
         text_field: the column holding passage text.
         batch_size: windows per forward pass (windows of different queries are batched together); ``None`` for 1 on
-            a CPU, where padded batches measured slower than one window at a time, and on a GPU as many windows as
-            the free memory holds (:mod:`~pyterrier_headrank.batching`; halved and retried on out-of-memory).
+            a CPU (padding costs more there than batching saves), and on a GPU as many windows as the free memory
+            holds (:mod:`~pyterrier_headrank.batching`; halved and retried on out-of-memory).
         max_passage_tokens / max_query_tokens: each passage (query) is cut to this many tokens; a
             ``max_passage_tokens`` of ``None`` takes the registered fit's, else 128.
         max_window_tokens: the token budget of one prompt; longer lists are split into windows (see ``windows``).
@@ -57,7 +59,7 @@ class HeadRank(AttentionRanker, pt.Estimator):
             scores alone.
         order: ``None`` for the registered fit's order, else the training-free one
             (:data:`~pyterrier_headrank.heads.TRAINING_FREE_ORDER`); or the order of the passages in each prompt
-            window (:data:`~pyterrier_headrank.ranker.ORDERS`): ``"first-stage"`` (the top
+            window (:data:`~pyterrier_headrank.ranking_settings.ORDERS`): ``"first-stage"`` (the top
             candidate first), ``"reversed"`` (the top candidate last, next to the query) or ``"averaged"`` (both,
             each passage's two scores averaged: two passes per window). Small models weigh prompt slots very
             unequally, so this changes scores; ``fit`` trains in the reranker's order and saves it.
@@ -73,9 +75,9 @@ class HeadRank(AttentionRanker, pt.Estimator):
             ``fit(..., slot_correction=True)`` learns it on the training lists, and saved folders keep it.
         compile: compile the decoder layers that the pass runs with ``torch.compile`` (regional compilation,
             dynamic shapes; HeadRank's attention reading stays outside the compiled graphs). The first query pays
-            the compilation (about 100 s on a CPU for SmolLM2), later ones run faster (see the README's speed
-            section); scores agree to about 1e-6. The loaded model is compiled in place, so other rerankers that
-            share it run compiled too. For long single-process runs; leave it off for short ones and in threads.
+            the compilation, later ones run faster (docs/design.md); scores agree to about 1e-6. The loaded model
+            is compiled in place, so other rerankers that share it run compiled too. For long single-process runs;
+            leave it off for short ones and in threads.
         verbose: show a progress bar.
     """
 
@@ -91,16 +93,15 @@ class HeadRank(AttentionRanker, pt.Estimator):
         path = default_fit_path(model) if heads is None else None  # the model's registered fit, if any
         fitted = read_fit_once(path) if path is not None else None
         shipped = fitted.settings if fitted is not None else {}
-        super().__init__(
-            model, fitted.heads if fitted is not None else HeadSet.coerce(heads), tokenizer=tokenizer,
-            calibrate=calibrate, text_field=text_field, batch_size=batch_size,
-            max_passage_tokens=_given(max_passage_tokens, None, shipped, "max_passage_tokens", DEFAULT_PASSAGE_TOKENS),
-            max_query_tokens=max_query_tokens, max_window_tokens=max_window_tokens,
-            max_window_passages=max_window_passages, n_anchors=n_anchors, window_overlap=window_overlap,
-            rescore_top=rescore_top, order=_given(order, None, shipped, "order", TRAINING_FREE_ORDER), device=device,
-            dtype=dtype, fuse=_given(fuse, DEFAULT, shipped, "fuse", None),
-            slot_bias=_given(slot_bias, DEFAULT, shipped, "slot_bias", None), compile=compile, verbose=verbose)
-        self.adapter_ = fitted.state if fitted is not None else None
+        settings = RankingSettings.pick({
+            **locals(), "order": _given(order, None, shipped, "order", TRAINING_FREE_ORDER),
+            "max_passage_tokens": _given(max_passage_tokens, None, shipped, "max_passage_tokens",
+                                         DEFAULT_PASSAGE_TOKENS),
+            "fuse": _given(fuse, DEFAULT, shipped, "fuse", None),
+            "slot_bias": _given(slot_bias, DEFAULT, shipped, "slot_bias", None)})
+        super().__init__(model, fitted.heads if fitted is not None else HeadSet.coerce(heads), tokenizer=tokenizer,
+                         settings=settings)
+        self.adapter_ = fitted.adapter if fitted is not None else None
         self.default_fit = None if path is None else str(path)
         #: the fitted settings (``fuse``, ``slot_bias``) that came from the registered fit, not from the caller:
         #: ``fit`` drops them with the rest of that fit
@@ -110,30 +111,29 @@ class HeadRank(AttentionRanker, pt.Estimator):
         if heads is None and fitted is None:
             advise_fitting(self.model_name, type(self).__name__, named=isinstance(model, str))
 
-    # ---- fitting, saving, loading (see training/fit.py and artifact.py) -----------------------------------------
+    # ---- fitting, saving, loading (see training/fit.py, folder.py and hub.py) -----------------------------------
     def fit(self, train_topics_or_results, train_qrels, valid_topics_or_results=None, valid_qrels=None,
-            **settings) -> "HeadRank":
+            **fit_settings) -> "HeadRank":
         """Select heads from ``train_qrels`` and align them to relevance (PyTerrier's Estimator signature).
 
         Takes result frames with text (qid, query, docno, text); inside a pipeline
         (``(bm25 % 20 >> text_loader >> HeadRank()).fit(topics, qrels)``) PyTerrier runs the earlier stages first.
-        ``settings`` override ``self.fit_settings`` (a :class:`~pyterrier_headrank.training.settings.FitSettings`;
+        ``fit_settings`` override ``self.fit_settings`` (a :class:`~pyterrier_headrank.training.settings.FitSettings`;
         its defaults when unset): ``k``, ``lam``, ``align``, ``epochs``, ``lr``, ``rank``, ``beta``, ``gamma``,
         ``eta``, ``seed``...
         Graded and binary qrels both work. Returns ``self``, with the fit applied (:meth:`apply_fit`);
         ``fit_summary_`` says what was done.
         """
         self.apply_fit(fit(self, train_topics_or_results, train_qrels, valid_topics_or_results, valid_qrels,
-                           **settings))
+                           **fit_settings))
         return self
 
     def apply_fit(self, parts: FitParts) -> None:
         """Take the heads, adapter, fitted settings and records of ``parts`` (what :func:`~.training.fit.fit` returns,
         or a saved folder); what a registered default fit set goes with it."""
-        self.heads, self.adapter_ = parts.heads, parts.state
+        self.heads, self.adapter_ = parts.heads, parts.adapter
         self.head_profile_, self.fit_summary_ = parts.profile, parts.summary
-        for name, value in parts.settings.items():
-            setattr(self, name, value)
+        self.settings = self.settings.replace(**parts.settings)
         self.default_fit, self.settings_from_default_fit = None, ()
         self.reset()
 
@@ -148,8 +148,7 @@ class HeadRank(AttentionRanker, pt.Estimator):
         heads stay): where a fresh fit starts."""
         copied = copy.copy(self)
         copied.adapter_ = None
-        for name in self.settings_from_default_fit:
-            setattr(copied, name, None)
+        copied.settings = copied.settings.replace(**{name: None for name in self.settings_from_default_fit})
         copied.default_fit, copied.settings_from_default_fit = None, ()
         copied.reset()
         return copied
@@ -165,15 +164,15 @@ class HeadRank(AttentionRanker, pt.Estimator):
 
     @classmethod
     def from_parts(cls, parts: FitParts, **overrides) -> "HeadRank":
-        """A reranker from a saved folder's contents (:func:`~.artifact.read_fit`); ``overrides`` replace
+        """A reranker from a saved folder's contents (:func:`~.folder.read_fit`); ``overrides`` replace
         constructor arguments (``model`` too)."""
         model = overrides.pop("model", parts.model)
         if model is None:
-            raise ValueError(f"HeadRank: {parts.state.source} was fitted on a model given as an object "
+            raise ValueError(f"HeadRank: {parts.adapter.source} was fitted on a model given as an object "
                              f"({parts.model_class}); pass it again: HeadRank.from_pretrained(path, model=..., "
                              f"tokenizer=...)")
         reranker = cls(model, heads=parts.heads, **{**parts.settings, **overrides})
-        reranker.adapter_, reranker.head_profile_, reranker.fit_summary_ = parts.state, parts.profile, parts.summary
+        reranker.adapter_, reranker.head_profile_, reranker.fit_summary_ = parts.adapter, parts.profile, parts.summary
         return reranker
 
     @classmethod

@@ -1,4 +1,5 @@
-"""LoRA adapters on a shallow copy of the model (peft), their weights, and the layers they go on."""
+"""LoRA adapters on a shallow copy of the model (peft), their weights, and the layers they go on: what training
+attaches and trains (:mod:`~pyterrier_headrank.training`), and what a fitted HeadRank applies at inference."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .. import compat
-from ..heads import HeadSet
+from . import compat
+from .heads import HeadSet
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,13 @@ def load_lora_state(model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> N
 
 
 class Adapter:
-    """Fitted adapters: configuration and weights; :meth:`apply` gives the adapted model for a base model."""
+    """Fitted LoRA adapters: configuration and ``weights`` (by parameter name); :meth:`apply` gives the adapted model
+    for a base model. A fitted HeadRank holds one as ``adapter_``."""
 
-    def __init__(self, config: AdapterConfig, state: Dict[str, torch.Tensor], model: torch.nn.Module = None,
+    def __init__(self, config: AdapterConfig, weights: Dict[str, torch.Tensor], model: torch.nn.Module = None,
                  base: torch.nn.Module = None):
         self.config = config
-        self.state = state
+        self.weights = weights
         self._memo = (base, model) if model is not None else None
 
     def __getstate__(self) -> dict:
@@ -123,7 +125,7 @@ class Adapter:
         if self._memo is not None and self._memo[0] is base:
             return self._memo[1]
         adapted = attach_lora(base, self.config)
-        load_lora_state(adapted, self.state)
+        load_lora_state(adapted, self.weights)
         self._memo = (base, adapted)
         return adapted
 
