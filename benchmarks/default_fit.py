@@ -301,9 +301,7 @@ def save_fit(args, recipe, weight, heads, bias, profile, count, oof_row, fusion_
 def shown_heads(heads) -> str:
     if len(set(heads.weights)) == 1:
         return str(list(heads.heads))
-    top = sorted(zip(heads.weights, heads.heads), key=lambda x: -abs(x[0]))[:8]
-    return (f"{len(heads)} weighted heads, the largest weights " +
-            ", ".join(f"{h} {w:+.2f}" for w, h in top))
+    return f"{len(heads)} heads with learned weights (layers 0-{heads.deepest_layer})"
 
 
 def write_report(args, table, recipe, weight, fusion_table, heads, num_layers, path):

@@ -1,25 +1,28 @@
 #!/usr/bin/env python
 """HeadRank's gain over its first stage against model size, on the same lists for every model.
 
-For each model the systems of ``effectiveness.py`` (first stage; the training-free head set; the model's registered
-fit, attention only and fused), scored from the stored all-head profiles (``head_profiles.py``, reversed prompt
-order, top-20, 64-token passages), on a subset of collections small enough for the larger models on two CPU cores:
+For each model, from its stored all-head profiles (``head_profiles.py``: reversed prompt order, top-20, 64-token
+passages), the systems: the first stage; the **training-free** head set; **selection** (k heads by
+entropy-regularised selection, weight 1 each) and **weighted** (every head of the allowed layers, weights from a
+pairwise logistic fit, :mod:`pyterrier_headrank.head_weights`), each the best recipe of its method in the
+reversed-order search of ``default_fit.py`` (same grid, same 5 folds, same choice rule), attention only and fused
+with the first stage at the weight chosen on the pooled out-of-fold scores. Collections, a subset small enough for
+the larger models on two CPU cores:
 
-* DL21 with its three first stages (BM25, BM25+RM3, SPLADE++), 53 queries each. The fits were chosen and trained on
-  these lists (``default_fit.py``), so the fitted rows are **cross-fitted**: five folds of query ids, each scored by
-  heads selected without it;
-* 100 SciFact *test* queries (a seeded sample, ``scifact-100``), which no fit saw.
+* DL21 with its three first stages (BM25, BM25+RM3, SPLADE++), 53 queries each. These are training lists, so the
+  fitted rows are **cross-fitted**: five folds of query ids, each scored by heads fitted without it;
+* 100 SciFact *test* queries (a seeded sample, ``scifact-100``), which no fit saw (heads fitted on every training
+  list).
 
 nDCG@10 and paired t-tests against the first stage come from ``pt.Experiment`` (Holm over the systems of a model on a
 collection); the middle-zone selectivity gap from :func:`pyterrier_headrank.metrics.selectivity`. Alignment (LoRA +
-Omega) rows come from ``align_crossfit.py``'s results where that costly run exists, in a table of their own (their
-protocol differs: one fold at a time, top-20 DL21 only). Cost per list is the profile pass's own time (a full-depth
-pass that reads every head: an upper bound on a fitted pass, which stops at its deepest head).
+Omega) rows come from ``align_crossfit.py``'s results where that costly run exists, in a table of their own. Cost per
+list is the profile pass's own time (a full-depth pass that reads every head: an upper bound on a fitted pass, which
+stops at its deepest head).
 
     .venv/bin/python benchmarks/size_curve.py
 
-Writes ``benchmarks/results/size_curve.md`` / ``.csv`` / ``.png``; each model's runs are stored under
-``benchmarks/results/runs/effectiveness/<model>/`` so the table can be rebuilt without the profiles.
+Writes ``benchmarks/results/size_curve.md`` / ``.csv`` / ``.png``.
 """
 from __future__ import annotations
 
@@ -36,35 +39,71 @@ MODELS = {"smollm2-135m": 135e6, "gemma3-270m": 268e6, "qwen2.5-coder-0.5b": 494
 CURVE = ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-100")
 
 
-def model_table(model: str, collections, skipped: list):
-    """effectiveness.py's per-collection table for ``model`` (None when it has no registered fit)."""
+SYSTEMS = ("first stage", "training-free", "selection", "selection, fused", "weighted", "weighted, fused")
+
+
+def model_table(model: str, collections, notes: list):
+    """Every system's per-collection table for ``model`` (None where its training profiles are missing)."""
     import pandas as pd
-    from effectiveness import FIRST, collection_runs, evaluate
+    from effectiveness import evaluate
 
-    from pyterrier_headrank.artifact import read_fit
-    from pyterrier_headrank.registry import default_fit_path
-
-    path = default_fit_path(model)
-    if path is None:
-        skipped.append(f"{model}: no registered fit (run default_fit.py and register it)")
+    try:
+        runs = model_runs(model, collections, notes)
+    except FileNotFoundError as err:
+        notes.append(f"{model}: not run, a profile is missing ({pathlib.Path(str(err).split(':')[0]).name})")
         return None
-    fit = read_fit(path)
-    tables = []
-    for name in collections:
-        reasons = []
-        runs = collection_runs(model, name, fit, reasons)
-        skipped.extend(f"{model}, {r}" for r in reasons)
-        if runs is not None:
-            tables.append(evaluate(name, runs))
-    if not tables:
-        return None
+    tables = [evaluate(name, per_system) for name, per_system in runs.items()]
     table = pd.concat(tables, ignore_index=True)
-    first = table[table.name == FIRST].set_index("collection")["nDCG@10"]
+    first = table[table.name == SYSTEMS[0]].set_index("collection")["nDCG@10"]
     table["delta"] = table["nDCG@10"] - table.collection.map(first)
     table.insert(0, "model", model)
     table["parameters"] = MODELS.get(model, float("nan"))
     table["seconds_per_list"] = table.collection.map(lambda n: seconds_per_list(model, n))
     return table
+
+
+def model_runs(model: str, collections, notes: list):
+    """{collection: {system: run}}: the training-free heads, and for each method (select, weighted) the best recipe
+    of the reversed-order search that ``default_fit.py`` runs, cross-fitted where a collection is a training set,
+    fitted on every training list elsewhere, attention only and fused at the weight chosen out-of-fold."""
+    from _profiles import Profile, run_frame, system_scores
+    from default_fit import TRAIN, describe, load_training, qrels_of
+
+    from pyterrier_headrank.fusion import fuse_scores
+    from pyterrier_headrank.heads import HeadSet
+
+    data, qrels = load_training(model, 64, ("reversed",)), qrels_of(TRAIN)
+    views = {n: data[n]["reversed"] if n in TRAIN else Profile.load(model, n, "reversed") for n in collections}
+    shape = data[TRAIN[0]]["base"].num_layers, data[TRAIN[0]]["base"].num_heads
+    methods = {m: best_of_method(model, m, data, qrels, views) for m in ("select", "weighted")}
+    notes.extend(f"{model}, {m}: {describe(recipe)}, fusion weight {weight:g}"
+                 for m, (_, weight, recipe) in methods.items())
+    runs = {}
+    for name, view in views.items():
+        first = view.first_stage_scores()
+        scores = {SYSTEMS[0]: first, SYSTEMS[1]: system_scores([view], HeadSet.training_free(*shape))}
+        for label, method in (("selection", "select"), ("weighted", "weighted")):
+            attention, weight = methods[method][0][name], methods[method][1]
+            scores[label] = attention
+            scores[f"{label}, fused"] = [fuse_scores(f, a, weight) for f, a in zip(first, attention)]
+        runs[name] = {system: run_frame(view, s, system) for system, s in scores.items()}
+    return runs
+
+
+def best_of_method(model, method, data, qrels, views):
+    """({collection: scores per list}, fusion weight, recipe) of ``method``'s recipe, chosen as ``default_fit.py``
+    chooses."""
+    from _profiles import system_scores
+    from default_fit import TRAIN, choose, fitted_heads, fusion_for, out_of_fold, recipe_table
+
+    num_layers = data[TRAIN[0]]["base"].num_layers
+    candidates, oof = out_of_fold(data, qrels, num_layers, ("reversed",), (method,))
+    best = choose(recipe_table(data, qrels, candidates, oof)) - 1
+    recipe = candidates[best]
+    weight, _ = fusion_for(data, qrels, oof[best])
+    heads, bias = fitted_heads(model, recipe, TRAIN)
+    scores = {n: oof[best][n] if n in TRAIN else system_scores([v], heads, bias) for n, v in views.items()}
+    return scores, weight, recipe
 
 
 def seconds_per_list(model: str, name: str) -> float:
@@ -126,19 +165,20 @@ def plot(summ, path) -> None:
     ax.set_xlabel("model parameters")
     ax.set_ylabel("mean nDCG@10 gain over the first stage")
     ax.set_title(f"HeadRank vs model size ({', '.join(CURVE)})", fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[1]:  # no model complete yet: no lines to name
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def write_report(table, summ, aligned, skipped, path) -> None:
+def write_report(table, summ, aligned, notes, path) -> None:
     lines = ["# HeadRank's gain over the first stage against model size", "",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/size_curve.py`. Top-20 lists, 64-token "
              "passages, reversed prompt order; collections: DL21 (BM25, BM25+RM3, SPLADE++; 53 queries each; fitted "
              "rows cross-fitted, 5 folds of query ids) and 100 seeded SciFact test queries (no fit saw them). p: "
              "paired t-test against the first stage, Holm over a model's systems on a collection. Cost: seconds per "
              "list of the profile pass (full depth, every head read, 2 shared CPU cores).", "",
-             *([f"- **{line}**" for line in skipped] + [""] if skipped else []),
+             *([f"- {line}" for line in notes] + [""] if notes else []),
              "## Summary", "", "![gain against size](size_curve.png)", "",
              "| model | system | collections | mean nDCG@10 | mean vs first stage | significantly better | "
              "significantly worse | SciFact gap pp | s/list |", "|---|---|---|---|---|---|---|---|---|"]
@@ -171,13 +211,13 @@ def main(argv=None):
     quiet_offline_environment()
     import pandas as pd
 
-    skipped = []
-    tables = [t for t in (model_table(m, args.collections, skipped) for m in args.models) if t is not None]
+    notes = []
+    tables = [t for t in (model_table(m, args.collections, notes) for m in args.models) if t is not None]
     table = pd.concat(tables, ignore_index=True)
     summ = summary(table)
     table.to_csv(RESULTS / "size_curve.csv", index=False)
     plot(summ, RESULTS / "size_curve.png")
-    write_report(table, summ, alignment_rows(), skipped, RESULTS / "size_curve.md")
+    write_report(table, summ, alignment_rows(), notes, RESULTS / "size_curve.md")
     print((RESULTS / "size_curve.md").read_text())
 
 

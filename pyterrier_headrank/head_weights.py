@@ -8,9 +8,11 @@ uninformative heads near zero. The result is an ordinary :class:`~pyterrier_head
 layers ``0..max_layer`` with its weight), so a reranker uses it, saves it and stops its pass at ``max_layer`` as it
 does for selected heads.
 
-Features are divided by their standard deviation over the training pairs before the fit (so one strength suits heads
-of any scale) and the weights are mapped back, then scaled to a largest magnitude of 1 (rankings and z-scored fusion
-do not depend on the scale).
+Features are divided by their standard deviation over the training pairs before the fit, so that one strength suits
+heads of any scale, and the weights are mapped back. They are scaled so that the largest *standardised* weight (a
+weight times the spread of its head's mass differences) is 1: a head's share of the score is then readable from its
+standardised weight, and attention-only scores come out of order 1 (rankings and z-scored fusion do not depend on
+the scale).
 """
 from __future__ import annotations
 
@@ -74,8 +76,9 @@ def learn_head_weights(masses: Sequence[np.ndarray], labels: Sequence[np.ndarray
     differences = pair_differences([m[:used] for m in masses], labels)
     scale = differences.std(axis=0)
     scale[scale == 0] = 1.0
-    weights = fit_pairwise_logistic(differences / scale, c) / scale
-    weights = weights / np.abs(weights).max() if np.abs(weights).max() > 0 else weights
+    standardised = fit_pairwise_logistic(differences / scale, c)
+    largest = np.abs(standardised).max()
+    weights = (standardised / largest if largest > 0 else standardised) / scale
     heads: Tuple[Tuple[int, int], ...] = tuple((layer, head) for layer in range(max_layer + 1)
                                                for head in range(num_heads))
     keep = [i for i, w in enumerate(weights) if w != 0.0]

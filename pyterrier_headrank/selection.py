@@ -158,18 +158,24 @@ def read_all_heads(reader: AttentionReader, windows: Sequence[Window], max_layer
     return calibrated, raw
 
 
+def read_training_masses(reader: AttentionReader, windows: Sequence[Window], max_layer: Optional[int] = None,
+                         calibrate: bool = True, batch_size: int = 1, verbose: bool = True):
+    """:func:`read_all_heads` on training lists, with the checks a fit needs first: some lists, and a ``max_layer``
+    inside the model (None: :func:`default_max_layer`)."""
+    if not windows:
+        raise ValueError("HeadRank: no training lists to select heads on")
+    max_layer = default_max_layer(reader.num_layers) if max_layer is None else int(max_layer)
+    if not 0 <= max_layer < reader.num_layers:
+        raise ValueError(f"HeadRank: max_layer={max_layer} is outside a model with {reader.num_layers} layers")
+    return read_all_heads(reader, windows, max_layer, calibrate, batch_size, verbose=verbose)
+
+
 def profile_heads(reader: AttentionReader, windows: Sequence[Window], labels: Sequence[np.ndarray],
                   qids: Sequence[str], max_layer: Optional[int] = None, calibrate: bool = True, batch_size: int = 1,
                   measure: str = MEASURE, verbose: bool = True) -> HeadProfile:
     """Measure every head of layers ``0..max_layer`` on the training lists (one truncated pass per batch)."""
-    if not windows:
-        raise ValueError("HeadRank: no training lists to select heads on")
-    num_layers, num_heads = reader.num_layers, reader.num_heads
-    max_layer = default_max_layer(num_layers) if max_layer is None else int(max_layer)
-    if not 0 <= max_layer < num_layers:
-        raise ValueError(f"HeadRank: max_layer={max_layer} is outside a model with {num_layers} layers")
-    calibrated, raw = read_all_heads(reader, windows, max_layer, calibrate, batch_size, verbose=verbose)
-    return profile_from_masses(calibrated, raw, labels, qids, (num_layers, num_heads), measure)
+    calibrated, raw = read_training_masses(reader, windows, max_layer, calibrate, batch_size, verbose)
+    return profile_from_masses(calibrated, raw, labels, qids, (reader.num_layers, reader.num_heads), measure)
 
 
 def profile_from_masses(calibrated: Sequence[np.ndarray], raw: Sequence[np.ndarray], labels: Sequence[np.ndarray],

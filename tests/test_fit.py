@@ -81,3 +81,32 @@ def test_fusion_weight_and_transformer():
     flip = pt.apply.generic(lambda df: df.assign(score=-df["score"]))
     out = ScoreFusion(flip, 0.0)(first)
     assert out.groupby("qid").docno.apply(list)["q2"][0] == "q2-d5"
+
+
+def test_pairwise_weighting_weights_every_head_of_the_allowed_layers_and_saves_them(tiny_qwen3, tmp_path):
+    from pyterrier_headrank.head_weights import learn_head_weights
+    from pyterrier_headrank.selection import read_all_heads
+
+    reranker = _reranker(tiny_qwen3, order="first-stage").fit(
+        fit_data.results(), fit_data.qrels(), align=False, weighting="pairwise", c=0.5, max_layer=1, verbose=False)
+    num_heads = reranker.engine().reader.num_heads
+    assert reranker.heads.heads == tuple((l, h) for l in range(2) for h in range(num_heads))
+    assert reranker.heads.deepest_layer == 1 and len(set(reranker.heads.weights)) > 1
+    assert reranker.fit_summary_["selection"]["weighting"] == "pairwise"
+    # the weights are those of the pairwise fit on the same masses, read by the same pass
+    lists = graded_lists(fit_data.results(), fit_data.qrels())
+    windows = [reranker.windows(v.query, v.texts)[1][0] for v in lists]  # one window each, first-stage order
+    calibrated, _ = read_all_heads(reranker.engine().reader, windows, 1, verbose=False)
+    want = learn_head_weights(calibrated, [v.labels for v in lists], num_heads, 1, 0.5)
+    np.testing.assert_allclose(reranker.heads.weights, want.weights, rtol=1e-6, atol=1e-9)
+    reranker.save(tmp_path / "fit")
+    assert HeadRank.from_pretrained(tmp_path / "fit", model=tiny_qwen3[0], tokenizer=tiny_qwen3[1]).heads.weights \
+        == reranker.heads.weights
+
+
+@pytest.mark.parametrize("setting, message", [({"weighting": "weights"}, "weighting='weights' must be"),
+                                              ({"c": 0.0}, "c=0.0 .* must be a positive number"),
+                                              ({"c": float("nan")}, "must be a positive number")])
+def test_bad_weighting_settings_are_refused_before_any_pass(tiny_qwen3, setting, message):
+    with pytest.raises(ValueError, match=message):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), align=False, verbose=False, **setting)

@@ -35,7 +35,8 @@ def test_the_informative_head_gets_the_largest_positive_weight_and_ranks_held_ou
     heads = learn_head_weights(masses, grades, num_heads=3, max_layer=1, c=1.0)
     assert heads.heads == ((0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2))  # every head of layers 0-1, layer-major
     weights = np.array(heads.weights)
-    assert int(np.argmax(np.abs(weights))) == 3 and weights[3] == pytest.approx(1.0)
+    standardised = weights * pair_differences(masses, grades).std(axis=0)
+    assert int(np.argmax(np.abs(standardised))) == 3 and standardised[3] == pytest.approx(1.0)
     test_masses, test_grades = _lists(seed=1)
     for mass, grade in zip(test_masses, test_grades):
         scores = weights @ mass

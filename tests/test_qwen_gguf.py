@@ -210,3 +210,31 @@ def test_qwen05_prompt_uses_the_chat_template_in_the_gguf(qwen05):
     assert tokenizer.decode(window.prefix_ids + window.query.ids).endswith("what do cats do\nWhich passages answer "
                                                                           "the query?" + end)
 
+
+
+#: qid -> the top five (docno, score) of the shipped default HeadRank("qwen2.5-coder-0.5b") (fit
+#: qwen2.5-coder-0.5b-general: 224 weighted heads of layers 0-15, reversed order, fused at 0.3) over SciFact's
+#: Pyserini BM25 top 20; and the same fit attention only (fuse=None). Re-pin in the same commit as an intended change.
+PINNED_QWEN05 = {
+    0.3: {"1": [("10608397", 3.309848), ("43385013", 1.412161), ("34386619", 0.668820), ("23126677", 0.383483),
+                ("121581019", 0.312024)],
+          "3": [("3672261", 2.917968), ("14717500", 1.378822), ("4414547", 0.992712), ("2739854", 0.832936),
+                ("4632921", 0.688506)]},
+    None: {"1": [("10608397", 11.858316), ("43385013", 6.302879), ("121581019", 3.429310), ("23126677", 3.261996),
+                 ("34386619", 2.806161)],
+           "3": [("3672261", 13.069471), ("14717500", 5.915904), ("4414547", 4.119204), ("2739854", 3.726206),
+                 ("4632921", 3.299480)]},
+}
+
+
+def test_qwen05_shipped_default_on_two_scifact_queries(qwen05):
+    from test_regression import _check, _reranked
+
+    from pyterrier_headrank import HeadRank
+    from pyterrier_headrank.registry import default_fit_path
+
+    model, tokenizer, _ = qwen05
+    assert default_fit_path(QWEN05).name == "qwen2.5-coder-0.5b-general"
+    for fuse, pinned in PINNED_QWEN05.items():
+        reranker = HeadRank.from_pretrained(default_fit_path(QWEN05), model=model, tokenizer=tokenizer, fuse=fuse)
+        _check(_reranked(reranker, pinned), pinned)

@@ -4,7 +4,9 @@ The steps, on the training candidate lists (each query's candidates in first-sta
 
 1. **Selection** (``select=True``): one truncated pass per list reads every head of layers ``0..max_layer``; heads
    are ranked by nDCG@10 minus ``lam`` x normalised entropy (:mod:`~pyterrier_headrank.selection`); the top ``k`` form
-   the head set. Training-free: with ``align=False`` this is all that fit does.
+   the head set. With ``weighting="pairwise"`` the head set is instead every head of those layers, weighted by a
+   pairwise logistic fit on the same masses (:mod:`~pyterrier_headrank.head_weights`, strength ``c``).
+   Training-free: with ``align=False`` this is all that fit does.
 2. **Alignment** (``align=True``): the head weights (``learn_weights``) and LoRA adapters on q/k of the
    ``adapt_layers`` deepest layers holding selected heads, trained on cached hidden states of the frozen layers below
    (:mod:`~pyterrier_headrank.training`). The number of
@@ -32,11 +34,12 @@ import torch
 from ..candidates import CandidateList
 from ..fit_parts import FitParts
 from ..fusion import best_weight
+from ..head_weights import learn_head_weights
 from ..heads import HeadSet
 from ..listwise import ListwiseReranker
 from ..lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_state
 from ..metrics import ndcg10
-from ..selection import profile_heads
+from ..selection import profile_from_masses, read_training_masses
 from ..slots import learn_slot_bias
 from .lists import check_qrels, graded_lists
 from .replay import AttentionReplay, has_pairs, prepare
@@ -117,6 +120,12 @@ def _checked_settings(reranker, overrides: dict, has_validation: bool) -> "FitSe
     settings = base.replace(**overrides)
     if settings.k < 1:
         raise ValueError("HeadRank.fit: k must be >= 1")
+    if settings.weighting not in ("select", "pairwise"):
+        raise ValueError(f"HeadRank.fit: weighting={settings.weighting!r} must be 'select' (the k heads of "
+                         f"entropy-regularised selection) or 'pairwise' (every head, learned weights)")
+    if not (isinstance(settings.c, (int, float)) and np.isfinite(settings.c) and settings.c > 0):
+        raise ValueError(f"HeadRank.fit: c={settings.c!r} (the pairwise fit's inverse L2 strength) must be a "
+                         f"positive number")
     if settings.fuse and not has_validation:
         raise ValueError("HeadRank.fit: fuse=True chooses the fusion weight on validation queries; pass them "
                          "(fit(train, train_qrels, valid_results, valid_qrels)) or set the weight yourself "
@@ -135,11 +144,18 @@ def _select(reader, settings: "FitSettings", lists, windows, kept, calibrate: bo
         chosen = sorted(np.random.default_rng(settings.seed).choice(len(chosen), settings.select_queries,
                                                                      replace=False).tolist())
     t0 = time.time()
-    profile = profile_heads(reader, [windows[i] for i in chosen], [lists[i].labels[kept[i]] for i in chosen],
-                            [lists[i].qid for i in chosen], settings.max_layer, calibrate, verbose=settings.verbose)
-    heads = profile.select(settings.k, settings.lam)
-    summary = {"queries": len(chosen), "k": settings.k, "lambda": settings.lam, "max_layer": profile.max_layer,
-               "heads": heads.to_dict(), "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
+    labels = [lists[i].labels[kept[i]] for i in chosen]
+    calibrated, raw = read_training_masses(reader, [windows[i] for i in chosen], settings.max_layer, calibrate,
+                                           verbose=settings.verbose)
+    profile = profile_from_masses(calibrated, raw, labels, [lists[i].qid for i in chosen],
+                                  (reader.num_layers, reader.num_heads))
+    if settings.weighting == "pairwise":
+        heads = learn_head_weights(calibrated, labels, reader.num_heads, profile.max_layer, settings.c)
+    else:
+        heads = profile.select(settings.k, settings.lam)
+    summary = {"queries": len(chosen), "weighting": settings.weighting, "k": settings.k, "lambda": settings.lam,
+               "c": settings.c, "max_layer": profile.max_layer, "heads": heads.to_dict(),
+               "head_ndcg10": [round(float(profile.ndcg[l, h]), 4) for l, h in heads.heads],
                "seconds": round(time.time() - t0, 1)}
     return heads, profile, summary
 

@@ -22,6 +22,9 @@ class FitSettings(AlignSettings):
     lam: float = 0.1                        # entropy penalty of the selection score
     max_layer: Optional[int] = None         # deepest layer considered; None: two thirds of the depth
     select_queries: Optional[int] = None    # profile at most this many training lists (drawn with seed); None: all
+    weighting: str = "select"               # "select": the k heads, weight 1 each; "pairwise": every head of layers
+    #                                         0..max_layer, weights from a pairwise logistic fit (head_weights.py)
+    c: float = 1e-3                         # inverse L2 strength of the pairwise fit (weighting="pairwise")
     # ---- alignment
     align: bool = True                      # train LoRA adapters (and head weights) after selection
     learn_weights: bool = True              # also train the head weights
