@@ -157,12 +157,13 @@ def plot(summ, path) -> None:
     for system, group in complete[complete.system != "first stage"].groupby("system", sort=False):
         group = group.sort_values("parameters")
         ax.plot(group.parameters, group.mean_delta, marker="o", label=system)
-        for row in group.itertuples():
-            ax.annotate(row.model, (row.parameters, row.mean_delta), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("model parameters")
+    models = complete.drop_duplicates("model").sort_values("parameters")
+    ax.set_xticks(list(models.parameters), [f"{m}\n{p / 1e6:.0f}M" for m, p in zip(models.model, models.parameters)],
+                  fontsize=7)
+    ax.minorticks_off()
+    ax.set_xlabel("model (parameters, log scale)")
     ax.set_ylabel("mean nDCG@10 gain over the first stage")
     ax.set_title(f"HeadRank vs model size ({', '.join(CURVE)})", fontsize=9)
     if ax.get_legend_handles_labels()[1]:  # no model complete yet: no lines to name
