@@ -161,7 +161,7 @@ def out_of_fold(data, qrels, num_layers, orders=ORDERS, methods=METHODS):
         for fold in range(FOLDS):
             train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
             pooled = pooled_profile({n: data[n][order] for n in TRAIN}, train)
-            profile = pooled.head_profile()
+            profile = pooled.head_profile() if "select" in methods else None  # only selection reads it
             for i, recipe in enumerate(candidates):
                 if recipe["order"] != order:
                     continue

@@ -94,14 +94,14 @@ def best_of_method(model, method, data, qrels, views):
     """({collection: scores per list}, fusion weight, recipe) of ``method``'s recipe, chosen as ``default_fit.py``
     chooses."""
     from _profiles import system_scores
-    from default_fit import TRAIN, choose, fitted_heads, fusion_for, out_of_fold, recipe_table
+    from default_fit import TRAIN, choose, final_fit, fusion_for, out_of_fold, recipe_table
 
     num_layers = data[TRAIN[0]]["base"].num_layers
     candidates, oof = out_of_fold(data, qrels, num_layers, ("reversed",), (method,))
     best = choose(recipe_table(data, qrels, candidates, oof)) - 1
     recipe = candidates[best]
     weight, _ = fusion_for(data, qrels, oof[best])
-    heads, bias = fitted_heads(model, recipe, TRAIN)
+    heads, bias, _, _ = final_fit(data, recipe)  # on every training list, from the profiles already loaded
     scores = {n: oof[best][n] if n in TRAIN else system_scores([v], heads, bias) for n, v in views.items()}
     return scores, weight, recipe
 
