@@ -36,6 +36,8 @@ EVALUATED = ("scifact", "dl21-bm25", "dl21-splade", "cranfield", "cacm", "cisi",
 RUNS = RESULTS / "runs" / "effectiveness"
 FIRST, TRAINING_FREE, ATTENTION, FUSED, ICR_NAME = ("first stage", "training-free", "shipped default, attention only",
                                              "shipped default, fused", "ICR")
+#: the column of :func:`evaluate`'s tables with the Holm-corrected p-value of the paired test against the first stage
+P_VALUE = "nDCG@10 p-value corrected"
 
 
 def shipped(model: str):
@@ -165,20 +167,46 @@ def evaluate(name: str, runs: dict):
     return table
 
 
+def add_first_stage_delta(table):
+    """Adds the column ``delta`` to ``table`` (one model's :func:`evaluate` tables, concatenated) and returns it: each
+    row's nDCG@10 minus the first stage's on the same collection, the gain every report shows and averages."""
+    first = table[table.name == FIRST].set_index("collection")["nDCG@10"]
+    table["delta"] = table["nDCG@10"] - table.collection.map(first)
+    return table
+
+
+def significance_counts(rows) -> tuple:
+    """``(significantly better, significantly worse)``: how many of ``rows`` (:func:`evaluate` rows with ``delta``,
+    typically one system's over the collections) are above or below the first stage at a corrected p below 0.05.
+    One rule for every summary of wins and losses; rows without p-values count as neither."""
+    if P_VALUE not in rows:
+        return 0, 0
+    significant = rows[P_VALUE] < 0.05
+    return int(((rows.delta > 0) & significant).sum()), int(((rows.delta < 0) & significant).sum())
+
+
 def summary_rows(table):
-    """Per system: collections, mean nDCG@10, mean difference from BM25, significantly worse / better counts."""
+    """Per system: collections, mean nDCG@10, mean difference from the first stage, significantly worse / better
+    counts (``table`` has ``delta``: :func:`add_first_stage_delta`)."""
     import pandas as pd
 
     rows = []
     for system, group in table[table.name != FIRST].groupby("name", sort=False):
-        base = table[(table.name == FIRST) & table.collection.isin(group.collection)]
-        delta = group["nDCG@10"].to_numpy() - base["nDCG@10"].to_numpy()
-        p = group["nDCG@10 p-value corrected"].to_numpy() if "nDCG@10 p-value corrected" in group else None
-        worse = int(((delta < 0) & (p < 0.05)).sum()) if p is not None else 0
-        better = int(((delta > 0) & (p < 0.05)).sum()) if p is not None else 0
+        better, worse = significance_counts(group)
         rows.append({"system": system, "collections": len(group), "mean_ndcg10": group["nDCG@10"].mean(),
-                     "mean_delta": delta.mean(), "significantly_worse": worse, "significantly_better": better})
+                     "mean_delta": group.delta.mean(), "significantly_worse": worse, "significantly_better": better})
     return pd.DataFrame(rows)
+
+
+def collection_row(leading, row) -> str:
+    """One markdown row of a per-collection report table for ``row`` (an :func:`evaluate` row with ``delta``): the
+    ``leading`` cells (the collection, and whatever a report puts before it or beside it), then system, nDCG@10,
+    difference from the first stage, p (``-`` for the first stage, not tested against itself) and selectivity gap.
+    Every report formats these cells this one way."""
+    p = row[P_VALUE]
+    cells = [*leading, row["name"], f"{row['nDCG@10']:.4f}", f"{row.delta:+.4f}", "-" if p != p else f"{p:.3g}",
+             f"{row.selectivity_gap_pp:.1f}"]
+    return "| " + " | ".join(f"{cell}" for cell in cells) + " |"
 
 
 def targets(table, summary, fit) -> list:
@@ -236,10 +264,7 @@ def write_report(args, table, summary, fit, skipped, path):
     lines += ["", "## Per collection", "",
               "| collection | queries | system | nDCG@10 | vs first stage | p (Holm) | gap pp |",
               "|---|---|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        p = r["nDCG@10 p-value corrected"]
-        lines.append(f"| {COLLECTIONS[r.collection].label} | {r.queries} | {r['name']} | {r['nDCG@10']:.4f} | "
-                     f"{r.delta:+.4f} | {'-' if p != p else f'{p:.3g}'} | {r.selectivity_gap_pp:.1f} |")
+    lines += [collection_row((COLLECTIONS[r.collection].label, r.queries), r) for _, r in table.iterrows()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -268,11 +293,8 @@ def main(argv=None):
         runs.update(icr or {})
         tables.append(evaluate(name, runs))
         print(tables[-1][["collection", "name", "nDCG@10", "selectivity_gap_pp"]].to_string(index=False), flush=True)
-    table = pd.concat(tables, ignore_index=True)
-    first = table[table.name == FIRST].set_index("collection")["nDCG@10"]
-    table["delta"] = table["nDCG@10"] - table.collection.map(first)
-    table = table[["collection", "queries", "name", "nDCG@10", "delta", "nDCG@10 p-value corrected",
-                   "selectivity_gap_pp"]]
+    table = add_first_stage_delta(pd.concat(tables, ignore_index=True))
+    table = table[["collection", "queries", "name", "nDCG@10", "delta", P_VALUE, "selectivity_gap_pp"]]
     summary = summary_rows(table)
     table.to_csv(RESULTS / f"effectiveness_{args.model}.csv", index=False)
     write_report(args, table, summary, fit, skipped, RESULTS / f"effectiveness_{args.model}.md")

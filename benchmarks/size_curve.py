@@ -45,7 +45,7 @@ SYSTEMS = ("first stage", "training-free", "selection", "selection, fused", "wei
 def model_table(model: str, collections, notes: list):
     """Every system's per-collection table for ``model`` (None where its training profiles are missing)."""
     import pandas as pd
-    from effectiveness import evaluate
+    from effectiveness import add_first_stage_delta, evaluate
 
     try:
         runs = model_runs(model, collections, notes)
@@ -53,9 +53,7 @@ def model_table(model: str, collections, notes: list):
         notes.append(f"{model}: not run, a profile is missing ({pathlib.Path(str(err).split(':')[0]).name})")
         return None
     tables = [evaluate(name, per_system) for name, per_system in runs.items()]
-    table = pd.concat(tables, ignore_index=True)
-    first = table[table.name == SYSTEMS[0]].set_index("collection")["nDCG@10"]
-    table["delta"] = table["nDCG@10"] - table.collection.map(first)
+    table = add_first_stage_delta(pd.concat(tables, ignore_index=True))
     table.insert(0, "model", model)
     table["parameters"] = MODELS.get(model, float("nan"))
     table["seconds_per_list"] = table.collection.map(lambda n: seconds_per_list(model, n))
@@ -120,17 +118,17 @@ def seconds_per_list(model: str, name: str) -> float:
 
 def summary(table):
     """Per model and system: mean nDCG@10 and mean gain over the collections, significant wins and losses."""
+    import pandas as pd
+    from effectiveness import significance_counts
+
     rows = []
     for (model, system), group in table.groupby(["model", "name"], sort=False):
-        p = group["nDCG@10 p-value corrected"]
+        better, worse = significance_counts(group)
         rows.append({"model": model, "parameters": group.parameters.iloc[0], "system": system,
                      "collections": len(group), "mean_ndcg10": group["nDCG@10"].mean(),
-                     "mean_delta": group.delta.mean(),
-                     "significantly_better": int(((group.delta > 0) & (p < 0.05)).sum()),
-                     "significantly_worse": int(((group.delta < 0) & (p < 0.05)).sum()),
+                     "mean_delta": group.delta.mean(), "significantly_better": better, "significantly_worse": worse,
                      "scifact_gap_pp": group[group.collection == "scifact-100"].selectivity_gap_pp.mean(),
                      "seconds_per_list": group.seconds_per_list.mean()})
-    import pandas as pd
     return pd.DataFrame(rows)
 
 
@@ -173,6 +171,8 @@ def plot(summ, path) -> None:
 
 
 def write_report(table, summ, aligned, notes, path) -> None:
+    from effectiveness import collection_row
+
     lines = ["# HeadRank's gain over the first stage against model size", "",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/size_curve.py`. Top-20 lists, 64-token "
              "passages, reversed prompt order; collections: DL21 (BM25, BM25+RM3, SPLADE++; 53 queries each; fitted "
@@ -188,10 +188,7 @@ def write_report(table, summ, aligned, notes, path) -> None:
               for r in summ.itertuples()]
     lines += ["", "## Per collection", "", "| model | collection | system | nDCG@10 | vs first stage | p (Holm) | gap pp |",
               "|---|---|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        p = r["nDCG@10 p-value corrected"]
-        lines.append(f"| {r.model} | {COLLECTIONS[r.collection].label} | {r['name']} | {r['nDCG@10']:.4f} | "
-                     f"{r.delta:+.4f} | {'-' if p != p else f'{p:.3g}'} | {r.selectivity_gap_pp:.1f} |")
+    lines += [collection_row((r.model, COLLECTIONS[r.collection].label), r) for _, r in table.iterrows()]
     if aligned is not None:
         lines += ["", "## Alignment (LoRA + Omega), cross-fitted by `align_crossfit.py`", "",
                   "| model | collection | system | nDCG@10 | vs first stage | p | gap pp |", "|---|---|---|---|---|---|---|"]
