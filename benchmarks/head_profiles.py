@@ -33,8 +33,40 @@ def profile_path(model: str, collection: str, order: str, k: int, passage_tokens
     return PROFILES / tag / f"{collection}.{order}.top{k}.p{passage_tokens}.npz"
 
 
-def profile_collection(reranker, name: str, order: str, k: int, max_layer: int, verbose: bool = True):
-    """Read every head of layers ``0..max_layer`` on each list of ``name``; arrays in first-stage order."""
+def stored_passes(model: str, name: str, order: str, k: int, passage_tokens: int, heads: int) -> dict:
+    """``{(query, docnos): (calibrated, raw)}`` from the stored profiles of other collections over the same shared
+    data (``scifact-100`` is a sample of ``scifact``'s lists): a list whose query and candidates, in the same order,
+    were read before gives the same prompt and the same masses, so it is copied instead of recomputed."""
+    from _common import COLLECTIONS
+
+    found = {}
+    for other, spec in COLLECTIONS.items():
+        path = profile_path(model, other, order, k, passage_tokens)
+        if other != name and spec.shared == COLLECTIONS[name].shared and path.exists():
+            found.update(passes_in(path, heads))
+    return found
+
+
+def passes_in(path: pathlib.Path, heads: int) -> dict:
+    """The lists of one stored profile as ``{(query, docnos): (calibrated, raw)}`` (first-stage order), cut to the
+    first ``heads`` heads; empty where the profile read fewer heads."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=True) as old:
+        if old["calibrated"].shape[1] < heads:
+            return {}
+        found = {}
+        for query, ids, cal, raw, labels in zip(old["queries"], old["docnos"], old["calibrated"], old["raw"],
+                                                old["labels"]):
+            n = int((labels >= 0).sum())
+            found[(str(query), tuple(ids[:n]))] = (cal[:heads, :n], raw[:heads, :n])
+        return found
+
+
+def profile_collection(reranker, name: str, order: str, k: int, max_layer: int, verbose: bool = True,
+                       reuse: dict = None):
+    """Read every head of layers ``0..max_layer`` on each list of ``name``; arrays in first-stage order. Lists found in
+    ``reuse`` (:func:`stored_passes`) are copied from there."""
     import numpy as np
 
     from pyterrier_headrank.selection import read_all_heads
@@ -50,23 +82,28 @@ def profile_collection(reranker, name: str, order: str, k: int, max_layer: int, 
     docnos = np.full((len(lists), k), "", dtype=object)
     first = np.full((len(lists), k), np.nan)
     started = time.time()
+    reuse, copied = reuse or {}, 0
     for i, (qid, query, ids, texts, scores) in enumerate(lists):
+        n = len(ids)
+        labels[i, :n] = [grades.get((qid, d), 0) for d in ids]
+        docnos[i, :n], first[i, :n] = ids, scores
+        if (query, tuple(ids)) in reuse:
+            calibrated[i, :, :n], raw[i, :, :n] = reuse[(query, tuple(ids))]
+            copied += 1
+            continue
         plan, windows = reranker.windows(query, texts, reverse=(order == "reversed"))
         if len(windows) != 1:
             raise SystemExit(f"head_profiles.py: {name} qid {qid} needs {len(windows)} windows; use shorter lists")
         (cal,), (mass,) = read_all_heads(reader, windows, max_layer, verbose=False)
         back = slice(None, None, -1) if order == "reversed" else slice(None)
-        n = len(ids)
         calibrated[i, :, :n], raw[i, :, :n] = cal[:, back], mass[:, back]
-        labels[i, :n] = [grades.get((qid, d), 0) for d in ids]
-        docnos[i, :n], first[i, :n] = ids, scores
         if verbose and (i + 1) % 25 == 0:
             print(f"  {name} {order}: {i + 1}/{len(lists)} lists, {time.time() - started:.0f} s", flush=True)
     qids = np.array([q for q, *_ in lists], dtype=object)
     queries = np.array([q for _, q, *_ in lists], dtype=object)
     return dict(qids=qids, queries=queries, docnos=docnos, first_stage=first, labels=labels, calibrated=calibrated,
                 raw=raw, num_heads=reader.num_heads, num_layers=reader.num_layers, max_layer=max_layer,
-                seconds=time.time() - started)
+                seconds=time.time() - started, copied=copied)
 
 
 def main(argv=None):
@@ -97,10 +134,13 @@ def main(argv=None):
                     if int(old["max_layer"]) >= max_layer:
                         print(f"{path}: exists", flush=True)
                         continue
-            data = profile_collection(reranker, name, order, args.candidates, max_layer)
+            reuse = stored_passes(args.model, name, order, args.candidates, args.passage_tokens,
+                                  (max_layer + 1) * reader.num_heads)
+            data = profile_collection(reranker, name, order, args.candidates, max_layer, reuse=reuse)
             path.parent.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, **data)
-            print(f"{path}: {len(data['qids'])} lists, {data['seconds']:.0f} s", flush=True)
+            print(f"{path}: {len(data['qids'])} lists ({data['copied']} copied from other profiles), "
+                  f"{data['seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -160,3 +160,29 @@ def test_long_lists_scores_each_cascade_pool_once_for_both_kinds():
     assert len(calls) == 1
     second([("q", ["a"])])
     assert len(calls) == 2
+
+
+def test_profiles_copy_lists_read_before_and_compute_the_others(tiny_qwen3, tmp_path):
+    """head_profiles.py copies a list's masses from another stored profile of the same prompt (scifact-100 inside
+    scifact) instead of recomputing them; copied and recomputed lists must equal a fresh profile."""
+    need(SHARED / "data" / "dl21-passage-bm25top100" / "candidates.jsonl")
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from head_profiles import passes_in, profile_collection
+
+    from pyterrier_headrank import HeadRank
+
+    model, tokenizer = tiny_qwen3
+    reader = HeadRank(model, tokenizer=tokenizer, heads=[(0, 0)], max_passage_tokens=24, order="reversed")
+    fresh = profile_collection(reader, "dl21-bm25", "reversed", k=5, max_layer=1, verbose=False)
+    np.savez_compressed(tmp_path / "stored.npz", **fresh)
+    heads = fresh["calibrated"].shape[1]
+    stored = passes_in(tmp_path / "stored.npz", heads)
+    assert passes_in(tmp_path / "stored.npz", heads + 1) == {}  # a shallower profile cannot serve a deeper one
+    first = (str(fresh["queries"][0]), tuple(fresh["docnos"][0]))
+    del stored[first]
+    again = profile_collection(reader, "dl21-bm25", "reversed", k=5, max_layer=1, verbose=False, reuse=stored)
+    assert again["copied"] == len(fresh["qids"]) - 1
+    for key in ("calibrated", "raw", "labels", "first_stage"):
+        np.testing.assert_allclose(again[key], fresh[key], rtol=1e-5, err_msg=key)
