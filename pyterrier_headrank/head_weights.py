@@ -16,7 +16,7 @@ the scale).
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -41,20 +41,27 @@ def pair_differences(masses: Sequence[np.ndarray], labels: Sequence[np.ndarray])
     return np.concatenate(rows).astype(np.float64)
 
 
-def fit_pairwise_logistic(differences: np.ndarray, c: float = DEFAULT_C, max_iter: int = 200) -> np.ndarray:
-    """Weights minimising ``c * sum log(1 + exp(-w . d)) + |w|^2 / 2`` over the rows ``d`` (L-BFGS, float64)."""
+def fit_pairwise_logistic(differences: np.ndarray, c: float = DEFAULT_C, max_iter: int = 200,
+                          pair_weights: Optional[np.ndarray] = None) -> np.ndarray:
+    """Weights minimising ``c * sum_i a_i log(1 + exp(-w . d_i)) + |w|^2 / 2`` over the rows ``d_i`` (L-BFGS,
+    float64). ``pair_weights`` are the ``a_i`` (as scikit-learn's ``sample_weight``; default 1 each): they let
+    ``benchmarks/weight_levers.py`` weigh pairs by their list or their grade gap."""
     import torch
 
     if not (np.isfinite(c) and c > 0):
         raise ValueError(f"HeadRank: the head-weight strength c={c!r} must be a positive number")
     d = torch.from_numpy(np.ascontiguousarray(differences))
+    a = torch.ones(len(d), dtype=torch.float64) if pair_weights is None else torch.as_tensor(pair_weights,
+                                                                                            dtype=torch.float64)
+    if a.shape != (len(d),) or not bool(torch.isfinite(a).all() and (a >= 0).all()):
+        raise ValueError(f"HeadRank: pair_weights must be {len(d)} finite non-negative numbers, one per pair")
     w = torch.zeros(d.shape[1], dtype=torch.float64, requires_grad=True)
     optimiser = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")
 
     def loss():
         optimiser.zero_grad()
-        value = c * torch.nn.functional.softplus(-(d @ w)).sum() + 0.5 * (w * w).sum()
+        value = c * (a * torch.nn.functional.softplus(-(d @ w))).sum() + 0.5 * (w * w).sum()
         value.backward()
         return value
 

@@ -186,3 +186,27 @@ def test_profiles_copy_lists_read_before_and_compute_the_others(tiny_qwen3, tmp_
     assert again["copied"] == len(fresh["qids"]) - 1
     for key in ("calibrated", "raw", "labels", "first_stage"):
         np.testing.assert_allclose(again[key], fresh[key], rtol=1e-5, err_msg=key)
+
+
+def test_weight_levers_pair_weights_line_up_with_the_pairs():
+    """weight_levers.py weighs the rows of ``pair_differences``; its weights must be one per row, in the same order."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from weight_levers import pair_weights
+
+    from pyterrier_headrank.head_weights import pair_differences
+
+    grades = [np.array([0, 2, 1] + [0] * 9 + [1]), np.array([1, 0, 0])]
+    masses = [np.vstack([np.arange(len(g)), np.full(len(g), k)]).astype(float) for k, g in enumerate(grades)]
+    rows = pair_differences(masses, grades)
+    pairs = [(k, b, w) for k, g in enumerate(grades) for b in range(len(g)) for w in range(len(g)) if g[b] > g[w]]
+    np.testing.assert_array_equal(rows[:, 0], [b - w for _, b, w in pairs])  # the order weight_levers assumes
+    lam, gain, per_list = (pair_weights(grades, s) for s in ("lambda", "gain gap", "per list"))
+    assert len(lam) == len(gain) == len(per_list) == len(pairs)
+    beyond_ten = np.array([b >= 10 and w >= 10 for _, b, w in pairs])
+    assert beyond_ten.any() and np.all(lam[beyond_ten] == 0) and np.all(lam[~beyond_ten] > 0)
+    gaps = np.array([2.0 ** grades[k][b] - 2.0 ** grades[k][w] for k, b, w in pairs])
+    np.testing.assert_allclose(gain, gaps / gaps.mean())
+    owner = np.array([k for k, _, _ in pairs])
+    assert per_list[owner == 0].sum() == pytest.approx(per_list[owner == 1].sum())

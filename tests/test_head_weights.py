@@ -63,6 +63,28 @@ def test_the_optimiser_finds_the_same_weights_as_scikit_learn():
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
 
 
+def test_pair_weights_match_scikit_learns_sample_weights():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    masses, grades = _lists(seed=3)
+    d = pair_differences(masses, grades)
+    a = np.random.default_rng(0).uniform(0.1, 3.0, len(d))
+    c = 0.05
+    ours = fit_pairwise_logistic(d, c, pair_weights=a)
+    theirs = linear_model.LogisticRegression(C=c / 2, fit_intercept=False, tol=1e-10, max_iter=10000).fit(
+        np.vstack([d, -d]), np.r_[np.ones(len(d)), np.zeros(len(d))], sample_weight=np.r_[a, a]).coef_[0]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(ours, fit_pairwise_logistic(d, c), rtol=1e-3)  # the weights change the fit
+
+
+@pytest.mark.parametrize("bad", [np.ones(3), -np.ones(1), np.full(1, np.nan)])
+def test_pair_weights_of_the_wrong_length_or_sign_are_refused(bad):
+    masses, grades = _lists(lists=3)
+    d = pair_differences(masses, grades)
+    bad = np.resize(bad, len(d)) if len(bad) == 1 else bad
+    with pytest.raises(ValueError, match="pair_weights must be"):
+        fit_pairwise_logistic(d, 0.1, pair_weights=bad)
+
+
 @pytest.mark.parametrize("c", [0.0, -1.0, float("nan"), float("inf")])
 def test_a_strength_that_is_not_a_positive_number_is_refused(c):
     masses, grades = _lists(lists=3)
