@@ -130,8 +130,6 @@ def stored_runs(model: str, name: str, systems, fit):
 def store_runs(model: str, name: str, runs: dict, fit) -> None:
     import json
 
-    import pyterrier as pt
-
     folder = RUNS / model
     folder.mkdir(parents=True, exist_ok=True)
     stamp = folder / "provenance.json"
@@ -140,7 +138,23 @@ def store_runs(model: str, name: str, runs: dict, fit) -> None:
             old.unlink()
     stamp.write_text(json.dumps(provenance(model, fit), indent=1) + "\n")
     for system, run in runs.items():
-        pt.io.write_results(run[["qid", "docno", "score", "rank"]], str(run_path(model, name, system)))
+        write_run(run, run_path(model, name, system))
+
+
+def write_run(run, path: pathlib.Path) -> None:
+    """``run`` as a TREC run file at ``path``, left untouched when it already holds the same run: a gzip file carries
+    its write time, so rewriting an unchanged run would change the committed bytes for nothing."""
+    import gzip
+    import tempfile
+
+    import pyterrier as pt
+
+    with tempfile.TemporaryDirectory() as scratch:
+        fresh = pathlib.Path(scratch) / path.name
+        pt.io.write_results(run[["qid", "docno", "score", "rank"]], str(fresh))
+        if path.exists() and gzip.decompress(path.read_bytes()) == gzip.decompress(fresh.read_bytes()):
+            return
+        path.write_bytes(fresh.read_bytes())
 
 
 def icr_run(model: str, name: str, passage_tokens: int):

@@ -210,3 +210,24 @@ def test_weight_levers_pair_weights_line_up_with_the_pairs():
     np.testing.assert_allclose(gain, gaps / gaps.mean())
     owner = np.array([k for k, _, _ in pairs])
     assert per_list[owner == 0].sum() == pytest.approx(per_list[owner == 1].sum())
+
+
+def test_effectiveness_leaves_an_unchanged_stored_run_byte_for_byte(tmp_path):
+    """A committed run rewritten with the same rows must keep its bytes (gzip stamps its write time); a changed run
+    replaces it."""
+    import time
+
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from effectiveness import write_run
+
+    run = pd.DataFrame({"qid": ["1", "1"], "docno": ["a", "b"], "score": [2.0, 1.0], "rank": [0, 1]})
+    path = tmp_path / "x.res.gz"
+    write_run(run, path)
+    before = path.read_bytes()
+    time.sleep(1.1)
+    write_run(run, path)
+    assert path.read_bytes() == before
+    write_run(run.assign(score=[1.0, 2.0], rank=[1, 0]), path)
+    assert path.read_bytes() != before
