@@ -45,6 +45,7 @@ COLLECTIONS: Dict[str, BenchCollection] = {c.name: c for c in (
     BenchCollection("dl21-rm3", "dl21-passage-rm3-top100", "candidates", "DL21 (BM25+RM3)"),
     BenchCollection("dl21-splade", "dl21-passage-spladepp-top100", "candidates", "DL21 (SPLADE++)"),
     BenchCollection("scifact-train", "beir-scifact/train", "pisa", "SciFact train (PISA BM25, 100 queries)", 100),
+    BenchCollection("scifact-train-300", "beir-scifact/train", "pisa", "SciFact train (PISA BM25, 300 queries)", 300),
     BenchCollection("scifact", "beir-scifact", "run", "SciFact test (Pyserini BM25)"),
     BenchCollection("scifact-100", "beir-scifact", "run", "SciFact test (Pyserini BM25, 100 queries)", 100),
     BenchCollection("cranfield", "cranfield", "pisa", "Cranfield (PISA BM25)"),

@@ -50,6 +50,11 @@ class Profile:
         return Profile(self.qids[keep], self.docnos[keep], self.first_stage[keep], self.labels[keep],
                        self.calibrated[keep], self.raw[keep], self.num_layers, self.num_heads, self.reversed)
 
+    def head_range(self, heads: int) -> "Profile":
+        """The first ``heads`` heads (layer-major: every head of the first ``heads // num_heads`` layers)."""
+        return Profile(self.qids, self.docnos, self.first_stage, self.labels, self.calibrated[:, :heads],
+                       self.raw[:, :heads], self.num_layers, self.num_heads, self.reversed)
+
     @property
     def max_layer(self) -> int:
         return self.calibrated.shape[1] // self.num_heads - 1

@@ -71,11 +71,14 @@ def load_training(model: str, passage_tokens: int, orders=ORDERS):
 
 
 def pooled_profile(profiles, keep_by_name):
-    """One HeadProfile over several collections' lists (qids made unique per collection)."""
+    """One Profile over several collections' lists (qids made unique per collection), reading the layers that all of
+    them read (a profile made with ``--max-layer`` reads fewer)."""
     import numpy as np
     from _profiles import Profile
 
     parts = [p.subset(keep_by_name[n]) for n, p in profiles.items()]
+    heads = min(p.calibrated.shape[1] for p in parts)
+    parts = [p.head_range(heads) for p in parts]
     names = [n for n in profiles for _ in range(int(keep_by_name[n].sum()))]
     first = parts[0]
     pooled = Profile(np.array([f"{n}:{q}" for n, q in zip(names, np.concatenate([p.qids for p in parts]))],

@@ -231,3 +231,26 @@ def test_effectiveness_leaves_an_unchanged_stored_run_byte_for_byte(tmp_path):
     assert path.read_bytes() == before
     write_run(run.assign(score=[1.0, 2.0], rank=[1, 0]), path)
     assert path.read_bytes() != before
+
+
+def test_training_lists_pool_over_profiles_read_to_different_depths():
+    """A profile made with --max-layer reads fewer heads; pooled with a full-depth one, both are cut to the heads
+    they share (layer-major), so a recipe within those layers fits on all their lists."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _profiles import Profile
+    from default_fit import pooled_profile
+
+    def profile(layers_read, seed):
+        rng = np.random.default_rng(seed)
+        cal = rng.random((3, layers_read * 2, 4)).astype(np.float32)
+        return Profile(np.array(["q1", "q2", "q3"], dtype=object), np.full((3, 4), "d", dtype=object),
+                       rng.random((3, 4)), rng.integers(0, 2, (3, 4)), cal, cal, 4, 2, True)
+
+    deep, shallow = profile(4, 0), profile(3, 1)
+    pooled = pooled_profile({"a": deep, "b": shallow}, {"a": np.ones(3, bool), "b": np.array([True, False, True])})
+    assert pooled.calibrated.shape == (5, 6, 4) and pooled.max_layer == 2
+    np.testing.assert_array_equal(pooled.calibrated[:3], deep.calibrated[:, :6])
+    np.testing.assert_array_equal(pooled.calibrated[3:], shallow.calibrated[[0, 2]])
+    assert list(pooled.qids) == ["a:q1", "a:q2", "a:q3", "b:q1", "b:q3"]
