@@ -2,12 +2,13 @@
 """Choose the recipe of a model's shipped general-purpose fit by cross-fitting, then write the fit.
 
 Training data: every training list in the shared folder (DL21 with three first stages, BM25, BM25+RM3 and SPLADE++,
-and a seeded sample of SciFact train), top-20, from the stored all-head profiles (``head_profiles.py``, one pass per
-list and prompt order). The candidate recipes cross the prompt order (first-stage, reversed, averaged), the deepest
-layer a recipe may use (two thirds of the depth, or every layer), how heads are chosen and weighted, and the per-slot
-correction. Two methods: **select** keeps ``k`` heads by entropy-regularised selection (weight ``lam`` on the
-entropy), each with weight 1; **weighted** keeps every head of the allowed layers with a weight from a pairwise
-logistic fit (:mod:`pyterrier_headrank.head_weights`, inverse L2 strength ``c``). Each recipe is scored out-of-fold:
+and a seeded sample of SciFact train; ``--train`` names other collections), top-20, from the stored all-head
+profiles (``head_profiles.py``, one pass per list and prompt order). The candidate recipes cross the prompt order
+(first-stage, reversed, averaged), the deepest layer a recipe may use (two thirds of the depth, or every layer),
+how heads are chosen and weighted, and the per-slot correction. Two methods: **select** keeps ``k`` heads by
+entropy-regularised selection (weight ``lam`` on the entropy), each with weight 1; **weighted** keeps every head of
+the allowed layers with a weight from a pairwise logistic fit (:mod:`pyterrier_headrank.head_weights`, inverse L2
+strength ``c``). Each recipe is scored out-of-fold:
 5 folds by query id (a DL21 query falls in one fold with all three of its first stages), heads selected and the slot
 correction learned on the other folds (``--orders`` and ``--methods`` narrow the search). The recipe with the best
 mean out-of-fold nDCG@10 over the four training collections wins, at the shallowest depth cap that comes within
@@ -48,16 +49,16 @@ def fold_of(qid: str) -> int:
     return zlib.crc32(str(qid).encode()) % FOLDS
 
 
-def load_training(model: str, passage_tokens: int, orders=ORDERS):
-    """{collection: {order: Profile}} for ``orders`` (the averaged order is the two orders' mean masses), plus
-    ``"base"``: one of them, for what every order shares (query ids, docnos, labels, first-stage scores, all in
-    first-stage order)."""
+def load_training(model: str, passage_tokens: int, orders=ORDERS, train=TRAIN):
+    """{collection: {order: Profile}} for the training collections ``train`` and ``orders`` (the averaged order is
+    the two orders' mean masses), plus ``"base"``: one of them, for what every order shares (query ids, docnos,
+    labels, first-stage scores, all in first-stage order)."""
     import numpy as np
     from _profiles import Profile
 
     stored = sorted({"first-stage", "reversed"} if "averaged" in orders else set(orders))
     data = {}
-    for name in TRAIN:
+    for name in train:
         views = {o: Profile.load(model, name, o, passage_tokens=passage_tokens) for o in stored}
         if "averaged" in orders:
             first, back = views["first-stage"], views["reversed"]
@@ -141,9 +142,12 @@ def recipe_scores(model, recipe, sources, views, cross: bool):
     return scores
 
 
-def recipes(num_layers: int, orders=ORDERS, methods=METHODS):
+def recipes(num_layers: int, orders=ORDERS, methods=METHODS, deepest: int = None):
+    """The candidate recipes; depth caps are two thirds of the depth and every layer, or ``deepest`` (the deepest
+    layer every training profile read) where that is shallower."""
     from pyterrier_headrank.selection import default_max_layer
-    caps = sorted({default_max_layer(num_layers), num_layers - 1})
+    deepest = num_layers - 1 if deepest is None else deepest
+    caps = sorted({min(default_max_layer(num_layers), deepest), min(num_layers - 1, deepest)})
     slots = (False, True)
     selected = [dict(method="select", order=o, max_layer=c, k=k, lam=lam, slot=s)
                 for o, c, k, lam, s in itertools.product(orders, caps, KS, LAMS, slots)]
@@ -158,19 +162,19 @@ def out_of_fold(data, qrels, num_layers, orders=ORDERS, methods=METHODS):
     import numpy as np
     from _profiles import system_scores
 
-    candidates = recipes(num_layers, orders, methods)
-    scores = {i: {n: [None] * len(data[n]["base"].qids) for n in TRAIN} for i in range(len(candidates))}
+    candidates = recipes(num_layers, orders, methods, min(data[n]["base"].max_layer for n in data))
+    scores = {i: {n: [None] * len(data[n]["base"].qids) for n in data} for i in range(len(candidates))}
     for order in orders:
         for fold in range(FOLDS):
-            train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in TRAIN}
-            pooled = pooled_profile({n: data[n][order] for n in TRAIN}, train)
+            train = {n: np.array([fold_of(q) != fold for q in data[n][order].qids]) for n in data}
+            pooled = pooled_profile({n: data[n][order] for n in data}, train)
             profile = pooled.head_profile() if "select" in methods else None  # only selection reads it
             for i, recipe in enumerate(candidates):
                 if recipe["order"] != order:
                     continue
                 heads = recipe_heads(recipe, pooled, profile)
                 bias = pooled.slot_bias(heads) if recipe["slot"] and order != "averaged" else None
-                for n in TRAIN:
+                for n in data:
                     held = ~train[n]
                     views = ([data[n]["first-stage"], data[n]["reversed"]] if order == "averaged"
                              else [data[n][order]])
@@ -205,10 +209,10 @@ def recipe_table(data, qrels, candidates, scores):
 
     rows = []
     first = {n: ndcg10(data[n]["base"].lists(data[n]["base"].first_stage_scores()), qrels[n])
-             for n in TRAIN}
+             for n in data}
     rows.append({"recipe": "first stage", **first, "mean": sum(first.values()) / len(first)})
     for i, recipe in enumerate(candidates):
-        values = {n: ndcg10(data[n]["base"].lists(scores[i][n]), qrels[n]) for n in TRAIN}
+        values = {n: ndcg10(data[n]["base"].lists(scores[i][n]), qrels[n]) for n in data}
         rows.append({"recipe": describe(recipe), **recipe, **values, "mean": sum(values.values()) / len(values)})
     return pd.DataFrame(rows)
 
@@ -228,7 +232,7 @@ def fusion_for(data, qrels, oof):
     from pyterrier_headrank.metrics import ndcg10
 
     lists, judged = [], []
-    for n in TRAIN:
+    for n in data:
         view = data[n]["base"]
         for q, docs, first, s in zip(view.qids, view.docnos, view.first_stage_scores(), oof[n]):
             lists.append((f"{n}:{q}", list(docs[:len(s)]), first, s))
@@ -242,11 +246,11 @@ def final_fit(data, recipe):
     import numpy as np
 
     order = recipe["order"]
-    views = {n: data[n][order] for n in TRAIN}
+    views = {n: data[n][order] for n in data}
     pooled = pooled_profile(views, {n: np.ones(len(v.qids), bool) for n, v in views.items()})
     profile = pooled.head_profile()
     heads = recipe_heads(recipe, pooled, profile,
-                         name=f"general {describe(recipe)} on {len(pooled.qids)} training lists ({', '.join(TRAIN)})")
+                         name=f"general {describe(recipe)} on {len(pooled.qids)} training lists ({', '.join(data)})")
     bias = pooled.slot_bias(heads) if recipe["slot"] else None
     return heads, bias, profile, len(pooled.qids)
 
@@ -258,14 +262,16 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the fit to this folder")
     parser.add_argument("--orders", nargs="+", default=list(ORDERS), choices=ORDERS,
                         help="prompt orders the search tries (each needs its stored profiles; 'averaged' needs both)")
+    parser.add_argument("--train", nargs="+", default=list(TRAIN),
+                        help="training collections (benchmarks/_common.py names; each needs its stored profiles)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                         help="select: k heads by entropy-regularised selection; weighted: every head of the allowed "
                              "layers with weights from a pairwise logistic fit")
     args = parser.parse_args(argv)
     quiet_offline_environment()
-    data = load_training(args.model, args.passage_tokens, args.orders)
-    qrels = qrels_of(TRAIN)
-    num_layers = data[TRAIN[0]]["base"].num_layers
+    data = load_training(args.model, args.passage_tokens, args.orders, tuple(args.train))
+    qrels = qrels_of(args.train)
+    num_layers = data[args.train[0]]["base"].num_layers
     candidates, scores = out_of_fold(data, qrels, num_layers, args.orders, args.methods)
     table = recipe_table(data, qrels, candidates, scores)
     best = choose(table) - 1
@@ -289,9 +295,9 @@ def save_fit(args, recipe, weight, heads, bias, profile, count, oof_row, fusion_
     reranker.head_profile_ = profile
     reranker.fit_summary_ = {
         "made_by": "benchmarks/default_fit.py", "date": datetime.date.today().isoformat(),
-        "training_lists": count, "training_collections": {n: COLLECTIONS[n].label for n in TRAIN},
+        "training_lists": count, "training_collections": {n: COLLECTIONS[n].label for n in args.train},
         "candidates_per_list": 20, "recipe": recipe, "fusion_weight": weight,
-        "out_of_fold_ndcg10": {n: round(float(oof_row[n]), 4) for n in TRAIN},
+        "out_of_fold_ndcg10": {n: round(float(oof_row[n]), 4) for n in args.train},
         "fusion_table": fusion_table.round(4).to_dict("records"),
         "alignment": "none (no LoRA): " + ("every head of the allowed layers, weights from a pairwise logistic fit"
                                            if recipe.get("method") == "weighted"
@@ -309,12 +315,13 @@ def shown_heads(heads) -> str:
 
 def write_report(args, table, recipe, weight, fusion_table, heads, num_layers, path):
     shown = table.sort_values("mean", ascending=False)
-    cols = ["recipe", *TRAIN, "mean"]
+    cols = ["recipe", *args.train, "mean"]
     lines = [f"# Shipped default fit for {args.model}: recipe chosen by 5-fold cross-fitting", "",
              f"Training lists (top-20, {args.passage_tokens}-token passages): "
-             f"{', '.join(COLLECTIONS[n].label for n in TRAIN)}. Out-of-fold nDCG@10 (attention only, no fusion).",
+             f"{', '.join(COLLECTIONS[n].label for n in args.train)}. Out-of-fold nDCG@10 (attention only, no fusion).",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/default_fit.py --model {args.model}"
-             f"{'' if tuple(args.orders) == ORDERS else ' --orders ' + ' '.join(args.orders)}`. Prompt orders "
+             f"{'' if tuple(args.orders) == ORDERS else ' --orders ' + ' '.join(args.orders)}"
+             f"{'' if tuple(args.train) == TRAIN else ' --train ' + ' '.join(args.train)}`. Prompt orders "
              f"searched: {', '.join(args.orders)}.", "",
              f"**Chosen:** {describe(recipe)}; fusion weight {weight or 0:g} (pooled out-of-fold); final heads "
              f"{shown_heads(heads)} (deepest layer {heads.deepest_layer} of {num_layers}: a pass costs "

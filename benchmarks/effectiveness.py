@@ -69,8 +69,9 @@ def system_runs(model: str, name: str, fit):
     shape = free_views[0].num_layers, free_views[0].num_heads
     free = system_scores(free_views, HeadSet.training_free(*shape))
     fitted_views = views(model, name, fit.settings["order"])
-    if name in TRAIN:  # the fit saw these query ids: score each fold with a fit that did not
-        attention = recipe_scores(model, fit.summary["recipe"], TRAIN, fitted_views, cross=True)
+    sources = tuple(fit.summary.get("training_collections", TRAIN))  # what the fit was trained on
+    if name in sources:  # the fit saw these query ids: score each fold with a fit that did not
+        attention = recipe_scores(model, fit.summary["recipe"], sources, fitted_views, cross=True)
     else:
         attention = system_scores(fitted_views, fit.heads, fit.settings.get("slot_bias"))
     base = fitted_views[0]
@@ -266,8 +267,9 @@ def write_report(args, table, summary, fit, skipped, path):
              f"depth, order {TRAINING_FREE_ORDER}.",
              f"- shipped default: `{pathlib.Path(str(fit.adapter.source).strip(chr(39))).name}`, {len(fit.heads)} heads "
              f"(deepest layer {fit.heads.deepest_layer}), order {recipe['order']}, slot correction "
-             f"{'on' if recipe['slot'] else 'off'}, fusion weight {fit.settings['fuse'] or 0:g}; trained on DL21 "
-             f"(three first stages) and SciFact train, so on DL21 it is cross-fitted (5 folds of query ids).", "",
+             f"{'on' if recipe['slot'] else 'off'}, fusion weight {fit.settings['fuse'] or 0:g}; trained on "
+             f"{', '.join(fit.summary.get('training_collections', {}).values())}, so there it is cross-fitted (5 folds "
+             f"of query ids).", "",
              *([f"- **{line}**" for line in skipped] + [""] if skipped else []),
              "## Targets", "", *targets(table, summary, fit), "",
              "## Summary over collections", "",

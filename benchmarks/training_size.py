@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Do more training queries help the learned head weights? The shipped recipe fitted on its training lists with 100
-SciFact train queries (as shipped) and with 300, scored on every collection.
+SciFact train queries and with 300 (as shipped since this comparison), scored on every collection.
 
 The recipe is the model's registered fit's (``default_fit.py`` chose it; for the 0.5B: every head of layers 0-15,
-weights from a pairwise logistic fit, reversed order, fused with the first stage at its weight). Only the training
+weights from a pairwise logistic fit, reversed order, fused with the first stage at the fit's weight). Only the training
 set changes: DL21 with its three first stages plus a seeded sample of 100 or 300 SciFact train queries (the 300 hold
 the 100). Scores come from the stored all-head profiles (``head_profiles.py``); DL21 is cross-fitted (5 folds of
 query ids, as in ``effectiveness.py``), the other collections are held out. ``pt.Experiment`` gives nDCG@10 and
@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import COLLECTIONS, RESULTS, quiet_offline_environment  # noqa: E402
 
-#: label -> training collections; the first is what the shipped fit was trained on
+#: label -> training collections; the second is what the shipped fit is trained on
 TRAIN_SETS = {"100 SciFact train": ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-train"),
               "300 SciFact train": ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-train-300")}
 TARGETS = ("scifact", "dl21-bm25", "dl21-rm3", "dl21-splade", "cranfield", "cacm", "cisi", "vaswani")
