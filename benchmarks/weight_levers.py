@@ -86,12 +86,10 @@ def pair_weights(labels, scheme: str):
 
 def fit(lists, labels, c: float, scheme: str = "uniform"):
     """Feature weights from a pairwise logistic fit on standardised pair differences (as ``learn_head_weights``)."""
-    from pyterrier_headrank.head_weights import fit_pairwise_logistic, pair_differences
+    from pyterrier_headrank.head_weights import fit_standardised, pair_differences
 
-    differences = pair_differences(lists, labels)
-    scale = differences.std(axis=0)
-    scale[scale == 0] = 1.0
-    return fit_pairwise_logistic(differences / scale, c, pair_weights=pair_weights(labels, scheme)) / scale
+    standardised, scale = fit_standardised(pair_differences(lists, labels), c, pair_weights(labels, scheme))
+    return standardised / scale
 
 
 def out_of_fold(data, used: int, kind: str, scheme: str, cs=CS):
@@ -123,7 +121,9 @@ def ndcg_row(data, qrels, scores) -> dict:
 
 def variant_rows(model: str, data, qrels):
     """Every (lever, variant, c) row, and the model's own out-of-fold scores of the shipped kind of fit."""
-    max_layer, _ = RECIPES.get(model, (data["dl21-bm25"]["base"].max_layer, None))
+    from pyterrier_headrank.head_weights import DEFAULT_C
+
+    max_layer, shipped_c = RECIPES.get(model, (data["dl21-bm25"]["base"].max_layer, DEFAULT_C))
     used = (max_layer + 1) * data["dl21-bm25"]["base"].num_heads
     rows, base = [], None
     for lever, kind, scheme in ([("pair weighting", "calibrated mass", s) for s in PAIRS]
@@ -132,7 +132,7 @@ def variant_rows(model: str, data, qrels):
         lever = "joint fusion" if kind == "mass + first stage" else lever
         for c, scores in out_of_fold(data, used, kind, scheme).items():
             rows.append({"lever": lever, "variant": variant, "c": c, **ndcg_row(data, qrels, scores)})
-            if (kind, scheme) == ("calibrated mass", "uniform") and c == RECIPES.get(model, (0, 1e-3))[1]:
+            if (kind, scheme) == ("calibrated mass", "uniform") and c == shipped_c:
                 base = scores
     return rows, base
 

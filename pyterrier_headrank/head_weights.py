@@ -69,6 +69,16 @@ def fit_pairwise_logistic(differences: np.ndarray, c: float = DEFAULT_C, max_ite
     return w.detach().numpy().copy()
 
 
+def fit_standardised(differences: np.ndarray, c: float = DEFAULT_C,
+                     pair_weights: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """``(standardised weights, scale)``: the pairwise logistic fit on the pair differences divided by their standard
+    deviation per feature (so that one ``c`` suits features of any scale); the weights on the original features are
+    ``standardised / scale``. A feature that never differs keeps a scale of 1."""
+    scale = differences.std(axis=0)
+    scale[scale == 0] = 1.0
+    return fit_pairwise_logistic(differences / scale, c, pair_weights=pair_weights), scale
+
+
 def learn_head_weights(masses: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_heads: int, max_layer: int,
                        c: float = DEFAULT_C, name: str = None) -> HeadSet:
     """Every head of layers ``0..max_layer`` with a learned weight.
@@ -80,10 +90,7 @@ def learn_head_weights(masses: Sequence[np.ndarray], labels: Sequence[np.ndarray
     used = (max_layer + 1) * num_heads
     if any(m.shape[0] < used for m in masses):
         raise ValueError(f"HeadRank: learning weights for layers 0-{max_layer} needs {used} heads per list")
-    differences = pair_differences([m[:used] for m in masses], labels)
-    scale = differences.std(axis=0)
-    scale[scale == 0] = 1.0
-    standardised = fit_pairwise_logistic(differences / scale, c)
+    standardised, scale = fit_standardised(pair_differences([m[:used] for m in masses], labels), c)
     largest = np.abs(standardised).max()
     weights = (standardised / largest if largest > 0 else standardised) / scale
     heads: Tuple[Tuple[int, int], ...] = tuple((layer, head) for layer in range(max_layer + 1)
