@@ -33,6 +33,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import COLLECTIONS, RESULTS, quiet_offline_environment  # noqa: E402
+from default_fit import TRAIN  # noqa: E402
 
 #: model alias -> parameters (for the curve's x axis)
 MODELS = {"smollm2-135m": 135e6, "gemma3-270m": 268e6, "qwen2.5-coder-0.5b": 494e6, "qwen2.5-coder-1.5b": 1.54e9}
@@ -42,13 +43,13 @@ CURVE = ("dl21-bm25", "dl21-rm3", "dl21-splade", "scifact-100")
 SYSTEMS = ("first stage", "training-free", "selection", "selection, fused", "weighted", "weighted, fused")
 
 
-def model_table(model: str, collections, notes: list):
+def model_table(model: str, collections, notes: list, train=None):
     """Every system's per-collection table for ``model`` (None where its training profiles are missing)."""
     import pandas as pd
     from effectiveness import add_first_stage_delta, evaluate
 
     try:
-        runs = model_runs(model, collections, notes)
+        runs = model_runs(model, collections, notes, train)
     except FileNotFoundError as err:
         notes.append(f"{model}: not run, a profile is missing ({pathlib.Path(str(err).split(':')[0]).name})")
         return None
@@ -60,19 +61,21 @@ def model_table(model: str, collections, notes: list):
     return table
 
 
-def model_runs(model: str, collections, notes: list):
+def model_runs(model: str, collections, notes: list, train=None):
     """{collection: {system: run}}: the training-free heads, and for each method (select, weighted) the best recipe
     of the reversed-order search that ``default_fit.py`` runs, cross-fitted where a collection is a training set,
-    fitted on every training list elsewhere, attention only and fused at the weight chosen out-of-fold."""
+    fitted on every training list elsewhere, attention only and fused at the weight chosen out-of-fold. ``train``:
+    the training collections (default: ``default_fit.TRAIN``)."""
     from _profiles import Profile, run_frame, system_scores
-    from default_fit import TRAIN, describe, load_training, qrels_of
+    from default_fit import describe, load_training, qrels_of
 
     from pyterrier_headrank.fusion import fuse_scores
     from pyterrier_headrank.heads import HeadSet
 
-    data, qrels = load_training(model, 64, ("reversed",)), qrels_of(TRAIN)
-    views = {n: data[n]["reversed"] if n in TRAIN else Profile.load(model, n, "reversed") for n in collections}
-    shape = data[TRAIN[0]]["base"].num_layers, data[TRAIN[0]]["base"].num_heads
+    train = tuple(train or TRAIN)
+    data, qrels = load_training(model, 64, ("reversed",), train), qrels_of(train)
+    views = {n: data[n]["reversed"] if n in train else Profile.load(model, n, "reversed") for n in collections}
+    shape = data[train[0]]["base"].num_layers, data[train[0]]["base"].num_heads
     methods = {m: best_of_method(model, m, data, qrels, views) for m in ("select", "weighted")}
     notes.extend(f"{model}, {m}: {describe(recipe)}, fusion weight {weight:g}"
                  for m, (_, weight, recipe) in methods.items())
@@ -92,15 +95,15 @@ def best_of_method(model, method, data, qrels, views):
     """({collection: scores per list}, fusion weight, recipe) of ``method``'s recipe, chosen as ``default_fit.py``
     chooses."""
     from _profiles import system_scores
-    from default_fit import TRAIN, choose, final_fit, fusion_for, out_of_fold, recipe_table
+    from default_fit import choose, final_fit, fusion_for, out_of_fold, recipe_table
 
-    num_layers = data[TRAIN[0]]["base"].num_layers
+    num_layers = next(iter(data.values()))["base"].num_layers
     candidates, oof = out_of_fold(data, qrels, num_layers, ("reversed",), (method,))
     best = choose(recipe_table(data, qrels, candidates, oof)) - 1
     recipe = candidates[best]
     weight, _ = fusion_for(data, qrels, oof[best])
     heads, bias, _, _ = final_fit(data, recipe)  # on every training list, from the profiles already loaded
-    scores = {n: oof[best][n] if n in TRAIN else system_scores([v], heads, bias) for n, v in views.items()}
+    scores = {n: oof[best][n] if n in data else system_scores([v], heads, bias) for n, v in views.items()}
     return scores, weight, recipe
 
 
@@ -145,12 +148,12 @@ def alignment_rows():
     return pd.concat(frames, ignore_index=True) if frames else None
 
 
-def plot(summ, path) -> None:
+def plot(summ, path, collections=CURVE) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    complete = summ[summ.collections == len(CURVE)]
+    complete = summ[summ.collections == len(collections)]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for system, group in complete[complete.system != "first stage"].groupby("system", sort=False):
         group = group.sort_values("parameters")
@@ -163,24 +166,33 @@ def plot(summ, path) -> None:
     ax.minorticks_off()
     ax.set_xlabel("model (parameters, log scale)")
     ax.set_ylabel("mean nDCG@10 gain over the first stage")
-    ax.set_title(f"HeadRank vs model size ({', '.join(CURVE)})", fontsize=9)
+    ax.set_title(f"HeadRank vs model size ({', '.join(collections)})", fontsize=9)
     if ax.get_legend_handles_labels()[1]:  # no model complete yet: no lines to name
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def write_report(table, summ, aligned, notes, path) -> None:
+def protocol(collections, train) -> str:
+    """The report's sentence on what was scored and how the fitted rows were kept out of their own lists."""
+    if tuple(collections) == CURVE and tuple(train) == TRAIN:
+        return ("collections: DL21 (BM25, BM25+RM3, SPLADE++; 53 queries each; fitted rows cross-fitted, 5 folds of "
+                "query ids) and 100 seeded SciFact test queries (no fit saw them).")
+    return (f"collections: {', '.join(collections)}; heads fitted on {', '.join(train)} only (a subset, for a model "
+            f"whose other profiles are not stored), cross-fitted (5 folds of query ids) where a collection is one of "
+            f"them.")
+
+
+def write_report(table, summ, aligned, notes, path, collections=CURVE, train=TRAIN) -> None:
     from effectiveness import collection_row
 
     lines = ["# HeadRank's gain over the first stage against model size", "",
              f"Written {datetime.date.today().isoformat()} by `benchmarks/size_curve.py`. Top-20 lists, 64-token "
-             "passages, reversed prompt order; collections: DL21 (BM25, BM25+RM3, SPLADE++; 53 queries each; fitted "
-             "rows cross-fitted, 5 folds of query ids) and 100 seeded SciFact test queries (no fit saw them). p: "
+             f"passages, reversed prompt order; {protocol(collections, train)} p: "
              "paired t-test against the first stage, Holm over a model's systems on a collection. Cost: seconds per "
-             "list of the profile pass (full depth, every head read, 2 shared CPU cores).", "",
+             "list of the profile pass (every head read, 2 shared CPU cores).", "",
              *([f"- {line}" for line in notes] + [""] if notes else []),
-             "## Summary", "", "![gain against size](size_curve.png)", "",
+             "## Summary", "", f"![gain against size]({path.with_suffix('.png').name})", "",
              "| model | system | collections | mean nDCG@10 | mean vs first stage | significantly better | "
              "significantly worse | SciFact gap pp | s/list |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r.model} | {r.system} | {r.collections} | {r.mean_ndcg10:.4f} | {r.mean_delta:+.4f} | "
@@ -205,18 +217,20 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--collections", nargs="+", default=list(CURVE))
+    parser.add_argument("--train", nargs="+", default=list(TRAIN), help="training collections of the fitted rows")
+    parser.add_argument("--stem", default="size_curve", help="name of the results (benchmarks/results/<stem>.*)")
     args = parser.parse_args(argv)
     quiet_offline_environment()
     import pandas as pd
 
     notes = []
-    tables = [t for t in (model_table(m, args.collections, notes) for m in args.models) if t is not None]
+    tables = [t for t in (model_table(m, args.collections, notes, args.train) for m in args.models) if t is not None]
     table = pd.concat(tables, ignore_index=True)
     summ = summary(table)
-    table.to_csv(RESULTS / "size_curve.csv", index=False)
-    plot(summ, RESULTS / "size_curve.png")
-    write_report(table, summ, alignment_rows(), notes, RESULTS / "size_curve.md")
-    print((RESULTS / "size_curve.md").read_text())
+    table.to_csv(RESULTS / f"{args.stem}.csv", index=False)
+    plot(summ, RESULTS / f"{args.stem}.png", args.collections)
+    write_report(table, summ, alignment_rows(), notes, RESULTS / f"{args.stem}.md", args.collections, args.train)
+    print((RESULTS / f"{args.stem}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pyterrier_headrank.lora import AdapterConfig, adapted_layers, attach_lora, 
 from pyterrier_headrank.prompt import ListwisePrompt
 from pyterrier_headrank.training.losses import pairwise_loss, regulariser
 from pyterrier_headrank.training.pairs import preference_pairs
+from pyterrier_headrank.training.epochs import align_cached, replay_ndcg10
 from pyterrier_headrank.training.replay import AttentionReplay, prepare
 from pyterrier_headrank.training.trainer import AlignSettings, list_loss, train_adapters
 
@@ -158,6 +159,32 @@ def test_early_stopping_keeps_the_best_epoch(setup):
     assert result.best_epoch == 1
     for name, p in lora_parameters(replay.model).items():
         torch.testing.assert_close(p.detach(), seen[1][name])
+
+
+def test_align_cached_trains_the_epochs_that_cross_fitting_chose(setup):
+    _, _, replay, items, _ = setup
+    start = replay.state()
+    settings = AlignSettings(epochs=3, lr=2e-2)
+    result, info = align_cached(replay, items, fit_data.qrels(), settings, cv_folds=3)
+    curve = info["cv_mean_ndcg10_by_epoch"]
+    assert info["chosen_by"] == "3-fold cross-fitting" and len(curve) == settings.epochs + 1
+    chosen = int(np.argmax(curve))
+    assert result.best_epoch == chosen and result.steps == chosen * len(items)
+    changed = any(not torch.equal(start["lora"][k], v) for k, v in replay.state()["lora"].items())
+    assert changed == (chosen > 0)
+
+
+def test_align_cached_fixed_and_validation(setup):
+    _, _, replay, items, _ = setup
+    start = replay.state()
+    result, info = align_cached(replay, items, fit_data.qrels(), AlignSettings(epochs=2, lr=2e-2), cv_folds=0)
+    assert info == {"chosen_by": "fixed epochs"} and result.steps == 2 * len(items)
+    replay.load_state(start)
+    result, info = align_cached(replay, items[:2], fit_data.qrels(), AlignSettings(epochs=2, lr=2e-2),
+                                valid=items[2:], valid_qrels=fit_data.qrels())
+    assert info == {"chosen_by": "validation (early stopping)"}
+    assert replay_ndcg10(replay, items[2:], fit_data.qrels()) == pytest.approx(
+        max(h["valid"] for h in result.history))
 
 
 def test_fit_with_alignment_changes_scores_and_is_repeatable(tiny_qwen3):

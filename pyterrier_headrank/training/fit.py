@@ -21,7 +21,6 @@ as it was; ``HeadRank.fit`` applies the result (``HeadRank.apply_fit``).
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import time
 import warnings
@@ -29,7 +28,6 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import pyterrier as pt
-import torch
 
 from ..candidates import CandidateList
 from ..fit_parts import FitParts
@@ -41,10 +39,10 @@ from ..lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_sta
 from ..metrics import ndcg10
 from ..selection import profile_from_masses, read_training_masses
 from ..slots import learn_slot_bias
+from .epochs import align_cached
 from .lists import check_qrels, graded_lists
 from .replay import AttentionReplay, has_pairs, prepare
 from .settings import FitSettings
-from .trainer import AlignResult, AlignSettings, train_adapters
 
 
 def _windows(reranker, lists: Sequence[CandidateList]):
@@ -219,34 +217,12 @@ def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_wi
     train_items = capture(train_lists, train_windows, train_kept, "HeadRank caching (train)")
     valid_items = capture(valid_lists, valid_windows, valid_kept, "HeadRank caching (valid)") if valid_lists else []
     cache_seconds = time.time() - t0
-    initial = replay.state()
-    align = settings.align_settings()
-
-    def evaluator(items, qrels):
-        def evaluate(rep):
-            with torch.no_grad():
-                return ndcg10({it.qid: (it.docnos, rep.scores(it).cpu().numpy()) for it in items}, qrels)
-        return evaluate
-
     info = {"adapter": config.to_dict(), "replayed_layers": [replay.first, replay.deepest],
             "train_lists_with_pairs": int(sum(has_pairs(i) for i in train_items)),
             "cache_seconds": round(cache_seconds, 1)}
-    if valid_items:
-        result = train_adapters(replay, train_items, align, evaluator(valid_items, valid_qrels),
-                                verbose=settings.verbose)
-        info["chosen_by"] = "validation (early stopping)"
-    elif settings.cv_folds and settings.cv_folds > 1:
-        epochs, curves = _cross_fit(replay, train_items, train_qrels, align, settings, initial, evaluator)
-        replay.load_state(initial)
-        info["chosen_by"] = f"{settings.cv_folds}-fold cross-fitting"
-        info["cv_mean_ndcg10_by_epoch"] = [round(v, 4) for v in curves]
-        result = train_adapters(replay, train_items, dataclasses.replace(align, epochs=epochs), None,
-                                verbose=settings.verbose) if epochs > 0 else None
-        if result is None:  # cross-fitting preferred no alignment: keep the starting (identity) adapters
-            result = AlignResult(history=[{"epoch": 0, "loss": None, "valid": None}])
-    else:
-        result = train_adapters(replay, train_items, align, None, verbose=settings.verbose)
-        info["chosen_by"] = "fixed epochs"
+    result, chosen = align_cached(replay, train_items, train_qrels, settings.align_settings(), settings.cv_folds,
+                                  valid_items, valid_qrels, verbose=settings.verbose)
+    info.update(chosen)
     info.update({"history": result.history, "best_epoch": result.best_epoch, "steps": result.steps,
                  "train_seconds": round(result.seconds, 1)})
     if valid_items:
@@ -256,22 +232,3 @@ def _align(reranker, reader, heads, settings: FitSettings, train_lists, train_wi
     info["head_weights"] = [round(w, 4) for w in aligned.weights]
     return aligned, Adapter(config, lora_state(adapted), adapted, reader.model), info
 
-
-def _cross_fit(replay, items, qrels, align: AlignSettings, settings: FitSettings, initial, evaluator):
-    """Choose the number of epochs by k-fold cross-fitting: mean out-of-fold nDCG@10 after each epoch."""
-    usable = [i for i in items if has_pairs(i)]
-    folds = min(settings.cv_folds, len(usable))
-    if folds < 2:
-        return align.epochs, []
-    order = np.random.default_rng(settings.seed).permutation(len(usable))
-    curves = []
-    for f in range(folds):
-        held = [usable[i] for i in order[f::folds]]
-        rest = [usable[i] for j, i in enumerate(order) if j % folds != f]
-        replay.load_state(initial)
-        run = dataclasses.replace(align, patience=align.epochs + 1, seed=align.seed + f + 1)
-        result = train_adapters(replay, rest, run, evaluator(held, qrels), verbose=settings.verbose,
-                                desc=f"HeadRank cross-fitting {f + 1}/{folds}")
-        curves.append([r["valid"] for r in result.history])
-    mean = np.mean(np.array(curves, dtype=np.float64), axis=0)
-    return int(np.argmax(mean)), mean.tolist()
