@@ -224,34 +224,45 @@ def collection_row(leading, row) -> str:
     return "| " + " | ".join(f"{cell}" for cell in cells) + " |"
 
 
+#: the selectivity-gap target of issue 18 (the paper reports 43 pp at 4B)
+GAP_TARGET_PP = 20
+
+
 def targets(table, summary, fit) -> list:
-    """The issue's targets, met or not, in words."""
+    """Issue 18's targets for the shipped default, met or not, in words."""
     fused = summary.set_index("system").loc[FUSED]
     attention = summary.set_index("system").loc[ATTENTION]
     sci = table[(table.collection == "scifact") & (table.name == FUSED)]["selectivity_gap_pp"]
-    per = table.pivot(index="collection", columns="name", values="nDCG@10")
-    above = int((per[ATTENTION] > per[FIRST]).sum())
+    better_everywhere = int(attention.significantly_better)
+
     def state(ok):
         return "**met**" if ok else "**missed**"
     return [
-        f"- Shipped default (fused, weight {fit.settings['fuse'] or 0:g}) never significantly worse than the first stage: "
-        f"{state(fused.significantly_worse == 0)} (significantly worse on {int(fused.significantly_worse)} of "
-        f"{int(fused.collections)}; attention only: {int(attention.significantly_worse)}).",
-        f"- At least +0.02 nDCG@10 over the first stage on average: {state(fused.mean_delta >= 0.02)} "
-        f"({fused.mean_delta:+.4f} fused; {attention.mean_delta:+.4f} attention only).",
+        f"- Fused (weight {fit.settings['fuse'] or 0:g}) significantly better than the first stage on at least 3 of "
+        f"the collections: {state(fused.significantly_better >= 3)} ({int(fused.significantly_better)} of "
+        f"{int(fused.collections)}).",
+        f"- Fused never significantly worse: {state(fused.significantly_worse == 0)} (significantly worse on "
+        f"{int(fused.significantly_worse)} of {int(fused.collections)}).",
+        f"- Fused at least +0.02 nDCG@10 over the first stage on average: {state(fused.mean_delta >= 0.02)} "
+        f"({fused.mean_delta:+.4f}; attention only {attention.mean_delta:+.4f}).",
+        f"- Attention alone never significantly worse: {state(attention.significantly_worse == 0)} (significantly "
+        f"worse on {int(attention.significantly_worse)} of {int(attention.collections)}).",
         scifact_gap(table, sci, state),
-        f"- Moonshot, attention alone above the first stage on every collection: {state(above == len(per))} ({above} of "
-        f"{len(per)}).",
+        f"- Moonshot, attention alone significantly above the first stage on every collection: "
+        f"{state(better_everywhere == int(attention.collections))} ({better_everywhere} of "
+        f"{int(attention.collections)}).",
     ]
 
 
 def scifact_gap(table, sci, state) -> str:
     """The selectivity-gap target in words; not measured where SciFact is not among the collections run."""
     if not len(sci):
-        return "- Middle-zone selectivity gap at least 43 pp on SciFact: not measured (SciFact not in this run)."
+        return (f"- Middle-zone selectivity gap at least {GAP_TARGET_PP} pp on SciFact: not measured (SciFact not in "
+                f"this run).")
     attention = table[(table.collection == "scifact") & (table.name == ATTENTION)]["selectivity_gap_pp"].iloc[0]
-    return (f"- Middle-zone selectivity gap at least 43 pp on SciFact: {state(sci.iloc[0] >= 43)} "
-            f"({sci.iloc[0]:.1f} pp fused; attention only {attention:.1f} pp).")
+    return (f"- Middle-zone selectivity gap at least {GAP_TARGET_PP} pp on SciFact test (the paper: 43 pp at 4B): "
+            f"{state(max(sci.iloc[0], attention) >= GAP_TARGET_PP)} ({attention:.1f} pp attention only; "
+            f"{sci.iloc[0]:.1f} pp fused).")
 
 
 def write_report(args, table, summary, fit, skipped, path):
