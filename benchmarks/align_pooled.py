@@ -329,15 +329,32 @@ def write_report(path, args, argv, table, records, settings, recipe, weight):
         return "-" if value != value else f"{value:.3g}"
 
     for row in table.itertuples():
-        queries = "" if row.collection == "mean" else row.queries
+        queries = "" if row.collection == "mean" else int(row.queries)
         lines.append(f"| {row.collection} | {row.system} | {queries} | {row.ndcg10:.4f} | {row.delta:+.4f} | "
                      f"{cell(row.p) if row.collection != 'mean' else ''} | "
                      f"{cell(row.p_vs_weighted) if row.collection != 'mean' else ''} | {row.gap_pp:.1f} |")
+    lines += ["", "## Verdict", ""] + verdict(table)
     lines += ["", "## Per fold", "", "| fold | train lists | held-out lists | inner out-of-fold nDCG@10 by epoch "
               "(0 = no alignment) | epochs kept | seconds |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['fold']} | {r['train_lists']} | {r['held_lists']} | {r.get('cv_mean_ndcg10_by_epoch')} | "
               f"{r['epochs_kept']} | {r['seconds']} |" for r in records]
     path.write_text("\n".join(lines) + "\n")
+
+
+def verdict(table) -> list:
+    """Alignment against the weighted heads alone, attention only and fused: mean change and significant changes."""
+    by = table.set_index(["collection", "system"]).ndcg10
+    lines = []
+    for suffix, label in (("", "attention only"), (FUSED, "fused")):
+        aligned, alone = ALIGNED + suffix, WEIGHTED + suffix
+        rows = table[(table.system == aligned) & (table.collection != "mean") & (table.p_vs_weighted < 0.05)]
+        better = [r.collection for r in rows.itertuples() if r.ndcg10 > by[(r.collection, alone)]]
+        worse = [r.collection for r in rows.itertuples() if r.ndcg10 < by[(r.collection, alone)]]
+        lines.append(f"- {label}: alignment {by[('mean', aligned)] - by[('mean', alone)]:+.4f} on average "
+                     f"({by[('mean', aligned)]:.4f} against {by[('mean', alone)]:.4f}); significantly better "
+                     f"(p(align) < 0.05) on {', '.join(better) or 'none'}, significantly worse on "
+                     f"{', '.join(worse) or 'none'}.")
+    return lines
 
 
 if __name__ == "__main__":
