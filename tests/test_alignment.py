@@ -10,9 +10,9 @@ from pyterrier_headrank import HeadRank, HeadSet
 from pyterrier_headrank.attention import AttentionReader
 from pyterrier_headrank.lora import AdapterConfig, adapted_layers, attach_lora, lora_parameters
 from pyterrier_headrank.prompt import ListwisePrompt
+from pyterrier_headrank.training.epochs import align_cached, replay_ndcg10
 from pyterrier_headrank.training.losses import pairwise_loss, regulariser
 from pyterrier_headrank.training.pairs import preference_pairs
-from pyterrier_headrank.training.epochs import align_cached, replay_ndcg10
 from pyterrier_headrank.training.replay import AttentionReplay, prepare
 from pyterrier_headrank.training.trainer import AlignSettings, list_loss, train_adapters
 

@@ -254,3 +254,30 @@ def test_training_lists_pool_over_profiles_read_to_different_depths():
     np.testing.assert_array_equal(pooled.calibrated[:3], deep.calibrated[:, :6])
     np.testing.assert_array_equal(pooled.calibrated[3:], shallow.calibrated[[0, 2]])
     assert list(pooled.qids) == ["a:q1", "a:q2", "a:q3", "b:q1", "b:q3"]
+
+
+def test_align_pooled_fuses_by_docno_and_names_significant_changes():
+    """Aligned scores come in prompt order: fusion must pair them with the first stage by docno; the verdict names
+    the collections where alignment is significantly better or worse than the same heads without it."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from align_pooled import ALIGNED, FUSED, WEIGHTED, fused, verdict
+
+    from pyterrier_headrank.fusion import fuse_scores
+
+    first = {"c:1": (["a", "b", "c"], np.array([3.0, 2.0, 1.0]))}
+    reversed_attention = {"c:1": (["c", "b", "a"], np.array([0.9, 0.1, 0.4]))}
+    (docnos, scores), = fused(first, reversed_attention, 0.5).values()
+    assert docnos == ["a", "b", "c"]
+    np.testing.assert_allclose(scores, fuse_scores(np.array([3.0, 2.0, 1.0]), np.array([0.4, 0.1, 0.9]), 0.5))
+
+    rows = [("x", WEIGHTED, 0.50, np.nan), ("x", ALIGNED, 0.40, 0.01), ("y", WEIGHTED, 0.50, np.nan),
+            ("y", ALIGNED, 0.60, 0.02), ("z", WEIGHTED, 0.50, np.nan), ("z", ALIGNED, 0.70, 0.30)]
+    rows += [(c, s + FUSED, v, p) for c, s, v, p in rows]
+    table = pd.DataFrame(rows, columns=["collection", "system", "ndcg10", "p_vs_weighted"])
+    means = table.groupby("system", sort=False).ndcg10.mean().reset_index().assign(collection="mean")
+    lines = verdict(pd.concat([table, means], ignore_index=True))
+    assert lines[0].startswith("- attention only: alignment +0.0667 on average")
+    assert "significantly better (p(align) < 0.05) on y, significantly worse on x." in lines[0]

@@ -144,27 +144,36 @@ def test_the_setup_extras_install_the_pinned_parts():
 
 # --- the real Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), where its part packages are installed ---
 
-QWEN05 = "qwen2.5-coder-0.5b"
+QWEN05, QWEN15 = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
 
 
-@pytest.fixture(scope="module")
-def qwen05():
-    """(model, tokenizer, path of the joined GGUF); skipped, with the pip command, without the part packages.
-
-    A joined file in the test session's scratch cache (conftest's default ``$HEADRANK_CACHE``) is removed after
-    the module: 491 MB should not outlive the run that made it.
-    """
+def _real_model(alias: str):
+    """Yield (model, tokenizer, path of the joined GGUF) of ``alias``; skip, with the pip command, without its part
+    packages. A joined file in the test session's scratch cache (conftest's default ``$HEADRANK_CACHE``) is removed
+    afterwards: hundreds of MB should not outlive the run that made it."""
     pytest.importorskip("gguf")
     try:
-        source = resolve_model(QWEN05)
+        source = resolve_model(alias)
     except ImportError as err:
-        pytest.skip(f"the part packages of {QWEN05} are not installed: {err}")
+        pytest.skip(f"the part packages of {alias} are not installed: {err}")
     path = pathlib.Path(source.location) / source.gguf_file
-    model, tokenizer = models.load_model(QWEN05, device="cpu", dtype="float32")
+    model, tokenizer = models.load_model(alias, device="cpu", dtype="float32")
     yield model, tokenizer, path
     scratch = pathlib.Path(tempfile.gettempdir())
     if path.is_relative_to(scratch) and any(p.name.startswith("headrank-tests-") for p in path.parents):
         path.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def qwen05():
+    """The real Qwen2.5-Coder-0.5B (``make test`` installs its parts; CI runs these tests)."""
+    yield from _real_model(QWEN05)
+
+
+@pytest.fixture(scope="module")
+def qwen15():
+    """The real Qwen2.5-Coder-1.5B where its parts are installed (the extra ``qwen15``; not in CI)."""
+    yield from _real_model(QWEN15)
 
 
 def test_qwen05_is_the_announced_model(qwen05):
