@@ -247,3 +247,28 @@ def test_qwen05_shipped_default_on_two_scifact_queries(qwen05):
     for fuse, pinned in PINNED_QWEN05.items():
         reranker = HeadRank.from_pretrained(default_fit_path(QWEN05), model=model, tokenizer=tokenizer, fuse=fuse)
         _check(_reranked(reranker, pinned), pinned)
+
+
+#: qid -> the top five (docno, score) of the shipped default HeadRank("qwen2.5-coder-1.5b") (fit
+#: qwen2.5-coder-1.5b-general: 228 weighted heads of layers 0-18, reversed order, attention only, trained on DL21 x3)
+#: over SciFact's Pyserini BM25 top 20. Re-pin in the same commit as an intended change.
+PINNED_QWEN15 = {
+    "1": [("18953920", 1.759945), ("1156322", 1.466554), ("23126677", 1.383820), ("3770726", 0.633335),
+          ("34386619", 0.458722)],
+    "3": [("2739854", 6.204330), ("14717500", 4.234566), ("4414547", 3.574289), ("19058822", 2.897381),
+          ("4632921", 1.880262)],
+}
+
+
+def test_qwen15_shipped_default_on_two_scifact_queries(qwen15):
+    from test_regression import _check, _reranked
+
+    from pyterrier_headrank import HeadRank
+    from pyterrier_headrank.registry import default_fit_path
+
+    model, tokenizer, path = qwen15
+    assert path.stat().st_size == 1_117_320_768 and model.config.num_hidden_layers == 28
+    assert default_fit_path(QWEN15).name == "qwen2.5-coder-1.5b-general"
+    reranker = HeadRank.from_pretrained(default_fit_path(QWEN15), model=model, tokenizer=tokenizer)
+    assert reranker.fuse is None and reranker.heads.deepest_layer == 18
+    _check(_reranked(reranker, PINNED_QWEN15), PINNED_QWEN15)
