@@ -264,10 +264,20 @@ def test_help_defaults_are_the_python_defaults(capsys):
 def test_shipped_folders_leave_the_batch_size_to_the_machine():
     """A saved folder records the settings that decide scores, not ``batch_size`` (padded batches are slower on a
     CPU; a GPU plans its own), so a shipped fit runs one window at a time on a CPU."""
+    from pyterrier_headrank.models import resolve_model
+
     root = pathlib.Path(__import__("pyterrier_headrank").__file__).parent / "pretrained"
+    loaded = 0
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        assert "batch_size" not in json.loads((folder / "headrank.json").read_text())["settings"], folder
+        saved = json.loads((folder / "headrank.json").read_text())
+        assert "batch_size" not in saved["settings"], folder
+        try:
+            resolve_model(saved["model"])
+        except ImportError:  # a model whose part packages this install lacks (the 1.5B outside its extra)
+            continue
         assert HeadRank.from_pretrained(folder.name).batch_size is None
+        loaded += 1
+    assert loaded >= 2, "the SmolLM2 fits are always installable"
 
 
 def test_saving_does_not_record_the_batch_size(tiny_qwen3, tmp_path):
