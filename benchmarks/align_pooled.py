@@ -147,17 +147,16 @@ def align_fold(replay, items, qrels, weights, initial_lora, settings, fold: int)
     return scores, record
 
 
-def profile_scores(model: str, names, recipe: dict):
-    """Out-of-fold scores of the weighted recipe from the stored profiles: {name:qid: (docnos, scores)}, and the
-    first stage's, in first-stage order."""
+def profile_scores(model: str, names, fold_heads: dict):
+    """Out-of-fold scores of the weighted heads of each fold (``fold_heads``) from the stored profiles:
+    {name:qid: (docnos, scores)}, and the first stage's, in first-stage order."""
     from _profiles import Profile
-    from default_fit import FOLDS, fold_of
+    from default_fit import fold_of
 
+    views = {name: Profile.load(model, name, "reversed") for name in names}
     weighted, first = {}, {}
-    for fold in range(FOLDS):
-        heads = fold_weights(model, recipe, names, fold)
-        for name in names:
-            view = Profile.load(model, name, "reversed")
+    for fold, heads in fold_heads.items():
+        for name, view in views.items():
             for qid, docnos, n, scores, base in zip(view.qids, view.docnos, view.lengths(), view.attention(heads),
                                                     view.first_stage_scores()):
                 if fold_of(qid) == fold:
@@ -217,8 +216,9 @@ def collection_rows(name: str, systems: dict, qrels):
     return rows
 
 
-def run_folds(args, settings, recipe, out_dir):
-    """Every fold's aligned held-out scores ({qid: (docnos, scores)}) and records, resumed from ``out_dir``."""
+def run_folds(args, settings, recipe, fold_heads: dict, out_dir):
+    """Every fold's aligned held-out scores ({qid: (docnos, scores)}) and records, resumed from ``out_dir``; each
+    fold starts from its weighted heads in ``fold_heads``."""
     import torch
     from _profiles import Profile
     from default_fit import FOLDS
@@ -241,8 +241,7 @@ def run_folds(args, settings, recipe, out_dir):
             items += cached
         initial_lora, qrels = lora_state(replay.model), pooled_qrels(args.train)
         for fold in sorted(set(range(FOLDS)) - set(done)):
-            weights = fold_weights(args.model, recipe, args.train, fold).weights
-            scores, record = align_fold(replay, items, qrels, weights, initial_lora, settings, fold)
+            scores, record = align_fold(replay, items, qrels, fold_heads[fold].weights, initial_lora, settings, fold)
             record["scores"] = {q: [list(d), [float(x) for x in s]] for q, (d, s) in scores.items()}
             (out_dir / f"fold{fold}.json").write_text(json.dumps(record))
             done[fold] = record
@@ -253,7 +252,7 @@ def run_folds(args, settings, recipe, out_dir):
 
 
 def main(argv=None):
-    from default_fit import TRAIN
+    from default_fit import FOLDS, TRAIN
     from weight_levers import RECIPES
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -276,9 +275,10 @@ def main(argv=None):
     stem = f"align_pooled_{args.model}" + (f"_{tag}" if tag else "")
     out_dir = RESULTS / "runs" / "align_pooled" / args.model / (tag or "default")
     out_dir.mkdir(parents=True, exist_ok=True)
-    aligned, records = run_folds(args, settings, recipe, out_dir)
+    fold_heads = {fold: fold_weights(args.model, recipe, args.train, fold) for fold in range(FOLDS)}
+    aligned, records = run_folds(args, settings, recipe, fold_heads, out_dir)
     weight = args.fuse if args.fuse is not None else shipped_fusion(args.model)
-    first, weighted = profile_scores(args.model, args.train, recipe)
+    first, weighted = profile_scores(args.model, args.train, fold_heads)
     systems = {FIRST: first, WEIGHTED: weighted, ALIGNED: aligned,
                WEIGHTED + FUSED: fused(first, weighted, weight), ALIGNED + FUSED: fused(first, aligned, weight)}
     table = summary_table(args.train, systems, pooled_qrels(args.train))
