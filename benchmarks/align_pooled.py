@@ -106,20 +106,16 @@ def check_against_profile(replay, items, profile, used: int) -> float:
 
 def pooled_qrels(names):
     """The training collections' qrels with qids prefixed ``name:`` (the cached lists' qids)."""
-    import pandas as pd
-    from default_fit import qrels_of
+    from default_fit import prefixed_qrels, qrels_of
 
-    qrels = qrels_of(names)
-    return pd.concat([q.assign(qid=f"{n}:" + q.qid.astype(str)) for n, q in qrels.items()], ignore_index=True)
+    return prefixed_qrels(qrels_of(names))
 
 
 def fold_weights(model: str, recipe: dict, names, fold: int):
     """The recipe's weighted heads fitted on every training list outside ``fold`` (from the stored profiles)."""
-    from _profiles import Profile
-    from default_fit import fitted_heads, fold_of
+    from default_fit import fitted_heads
 
-    held = {q for n in names for q in Profile.load(model, n, "reversed").qids if fold_of(q) == fold}
-    heads, _ = fitted_heads(model, recipe, names, exclude=held)
+    heads, _ = fitted_heads(model, recipe, names, held_fold=fold)
     return heads
 
 

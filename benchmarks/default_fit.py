@@ -102,13 +102,15 @@ def capped(profile, max_layer: int):
     return out
 
 
-def fitted_heads(model, recipe, sources, exclude=frozenset()):
-    """The recipe's heads (and slot correction) fitted on ``sources``, leaving out the query ids ``exclude``."""
+def fitted_heads(model, recipe, sources, exclude=frozenset(), held_fold=None):
+    """The recipe's heads (and slot correction) fitted on ``sources``, leaving out the query ids ``exclude`` and,
+    where ``held_fold`` is given, every query id of that fold (:func:`fold_of`)."""
     import numpy as np
     from _profiles import Profile
 
     views = {n: Profile.load(model, n, recipe["order"]) for n in sources}
-    keep = {n: np.array([q not in exclude for q in v.qids]) for n, v in views.items()}
+    keep = {n: np.array([q not in exclude and (held_fold is None or fold_of(q) != held_fold) for q in v.qids])
+            for n, v in views.items()}
     pooled = pooled_profile(views, keep)
     heads = recipe_heads(recipe, pooled)
     return heads, (pooled.slot_bias(heads) if recipe["slot"] else None)
@@ -226,19 +228,24 @@ def describe(recipe) -> str:
 
 def fusion_for(data, qrels, oof):
     """The fusion weight with the best pooled out-of-fold nDCG@10, and its table."""
-    import pandas as pd
-
     from pyterrier_headrank.fusion import best_weight
     from pyterrier_headrank.metrics import ndcg10
 
-    lists, judged = [], []
+    lists = []
     for n in data:
         view = data[n]["base"]
         for q, docs, first, s in zip(view.qids, view.docnos, view.first_stage_scores(), oof[n]):
             lists.append((f"{n}:{q}", list(docs[:len(s)]), first, s))
-        judged.append(qrels[n].assign(qid=n + ":" + qrels[n].qid.astype(str)))
-    all_qrels = pd.concat(judged)
+    all_qrels = prefixed_qrels({n: qrels[n] for n in data})
     return best_weight(lists, lambda runs: ndcg10(runs, all_qrels))
+
+
+def prefixed_qrels(qrels: dict):
+    """``{collection: qrels}`` as one frame whose qids are prefixed ``collection:``, the pooled lists' qids (query
+    ids of different collections may clash)."""
+    import pandas as pd
+
+    return pd.concat([q.assign(qid=f"{n}:" + q.qid.astype(str)) for n, q in qrels.items()], ignore_index=True)
 
 
 def final_fit(data, recipe):

@@ -281,3 +281,29 @@ def test_align_pooled_fuses_by_docno_and_names_significant_changes():
     lines = verdict(pd.concat([table, means], ignore_index=True))
     assert lines[0].startswith("- attention only: alignment +0.0667 on average")
     assert "significantly better (p(align) < 0.05) on y, significantly worse on x." in lines[0]
+
+
+def test_fusion_weight_is_chosen_against_each_collections_own_qrels():
+    """Pooled lists of two collections share the query id "q1" with opposite judgments; the fusion weight is scored
+    against qrels prefixed by collection, so attention that is right in both chooses weight 0 (a first stage that is
+    wrong in both would win nothing) and every judged row is kept."""
+    import numpy as np
+    import pandas as pd
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _profiles import Profile
+    from default_fit import fusion_for, prefixed_qrels
+
+    def view(first_stage):
+        cal = np.zeros((1, 2, 4), np.float32)
+        return Profile(np.array(["q1"], dtype=object), np.array([["d0", "d1", "d2", "d3"]], dtype=object),
+                       np.array([first_stage], float), np.zeros((1, 4), int), cal, cal, 1, 2, True)
+
+    qrels = {"a": pd.DataFrame({"qid": ["q1"], "docno": ["d0"], "label": [1]}),
+             "b": pd.DataFrame({"qid": ["q1"], "docno": ["d3"], "label": [1]})}
+    data = {"a": {"base": view([1.0, 2.0, 3.0, 4.0])}, "b": {"base": view([4.0, 3.0, 2.0, 1.0])}}
+    oof = {"a": [np.array([4.0, 3.0, 2.0, 1.0])], "b": [np.array([1.0, 2.0, 3.0, 4.0])]}
+    pooled = prefixed_qrels(qrels)
+    assert sorted(zip(pooled.qid, pooled.docno)) == [("a:q1", "d0"), ("b:q1", "d3")]
+    weight, table = fusion_for(data, qrels, oof)
+    assert weight == 0.0 and table.ndcg10.iloc[0] == 1.0 and table.ndcg10.iloc[-1] < 0.5
