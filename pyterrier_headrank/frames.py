@@ -1,6 +1,7 @@
 """Small helpers on PyTerrier result frames (``qid, docno, score, rank, ...``) shared across the package."""
 from __future__ import annotations
 
+import re
 from typing import Tuple
 
 import numpy as np
@@ -29,11 +30,18 @@ def first_stage_order(frame: pd.DataFrame, by: Tuple[str, ...] = ("rank", "score
     return frame
 
 
+#: a UTF-16 surrogate code point on its own (Python keeps them in str; UTF-8 cannot encode them)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_text(text) -> str:
-    """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking)."""
+    """Passage text as a string: NaN/None become empty (scored as an empty passage, kept in the ranking), and a lone
+    surrogate (a broken UTF-16 escape such as ``"\\ud800"`` in JSON, which no tokenizer can encode) becomes U+FFFD,
+    the replacement character."""
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return ""
-    return str(text)
+    text = str(text)
+    return text if text.isascii() else LONE_SURROGATE.sub("\ufffd", text)
 
 
 def order_scores(count: int) -> np.ndarray:
@@ -62,6 +70,15 @@ def check_qids(inp: pd.DataFrame, name: str) -> None:
         rows = inp.index[inp["qid"].isna()].tolist()
         raise ValueError(f"{name}: {len(rows)} row(s) have no qid (NaN or None), e.g. row(s) {rows[:3]}; every "
                          f"candidate needs the qid of its query")
+
+
+def check_numeric_score(inp: pd.DataFrame, name: str) -> None:
+    """A ``score`` column, where there is one, holds numbers: it is the first stage's score, which orders a list that
+    has no ``rank`` column and is fused with the reranker's; strings would sort as text ("10" before "9")."""
+    if "score" in inp.columns and len(inp) and not pd.api.types.is_numeric_dtype(inp["score"]):
+        raise ValueError(f"{name}: the 'score' column has dtype {inp['score'].dtype}, not numbers (e.g. "
+                         f"{inp['score'].iloc[0]!r}); it is read as the first stage's score, so convert it "
+                         f"(`df.assign(score=pd.to_numeric(df.score))`) or drop it")
 
 
 def clean_query(query, what: str, name: str) -> str:

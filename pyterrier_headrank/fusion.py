@@ -7,6 +7,7 @@ chooses it on the validation queries and saved folders keep it.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +24,7 @@ def check_weight(weight: Optional[float], owner: str = "HeadRank") -> Optional[f
     """``weight`` as a float in [0, 1], or None (no fusion); anything else is refused with the owner's name."""
     if weight is None:
         return None
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real) or not 0.0 <= float(weight) <= 1.0:
         raise ValueError(f"{owner}: fuse={weight!r} must be None (pure attention) or a weight in [0, 1] of the first "
                          f"stage's score")
     return float(weight)
@@ -44,21 +45,44 @@ def fuse_scores(first_stage: np.ndarray, attention: np.ndarray, weight: float) -
 
 
 def fuse(first_stage: pd.DataFrame, reranked: pd.DataFrame, weight: float) -> pd.DataFrame:
-    """``reranked`` with its ``score`` fused with the first stage's ``score`` of the same (qid, docno); re-ranked."""
-    first = first_stage[["qid", "docno", "score"]].rename(columns={"score": "first_stage_score"})
-    first = first.astype({"qid": str, "docno": str})
-    out = reranked.astype({"qid": str, "docno": str}).merge(first, on=["qid", "docno"], how="left")
-    if out["first_stage_score"].isna().any():
-        raise ValueError("HeadRank fusion: some reranked documents are not in the first-stage results")
-    for column, whose in (("first_stage_score", "first stage's"), ("score", "reranker's")):
-        if not np.isfinite(pd.to_numeric(out[column], errors="coerce").to_numpy(np.float64, na_value=np.nan)).all():
-            raise ValueError(f"HeadRank fusion: some of the {whose} scores are not finite numbers (NaN or infinite); "
-                             f"z-scores over them would be NaN for the whole list")
-    fused = out.groupby("qid", sort=False, group_keys=False).apply(
-        lambda g: pd.Series(fuse_scores(g["first_stage_score"], g["score"].astype(float), weight), index=g.index))
-    out["score"] = fused.astype("float64")
-    out = out.drop(columns=["first_stage_score", "rank"], errors="ignore")
-    return add_ranks(out).sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+    """``reranked`` with its ``score`` fused with the first stage's ``score`` of the same (qid, docno); re-ranked.
+
+    Rows are paired by (qid, docno), compared as strings; the output keeps ``reranked``'s own qid and docno values.
+    A (qid, docno) that appears twice on either side is refused: which score goes with which row would be a guess.
+    """
+    reranked = reranked.reset_index(drop=True)
+    first = paired_first_stage(first_stage, reranked)
+    attention = pd.to_numeric(reranked["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    for values, whose in ((first, "first stage's"), (attention, "reranker's")):
+        if not np.isfinite(values).all():
+            raise ValueError(f"HeadRank fusion: some of the {whose} scores are not finite numbers (NaN, infinite or "
+                             f"not numbers); z-scores over them would be NaN for the whole list")
+    fused = np.empty(len(reranked))
+    for rows in reranked.groupby(reranked["qid"].astype(str), sort=False).indices.values():
+        fused[rows] = fuse_scores(first[rows], attention[rows], weight)
+    out = add_ranks(reranked.assign(score=fused))
+    return out.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
+
+
+def paired_first_stage(first_stage: pd.DataFrame, reranked: pd.DataFrame) -> np.ndarray:
+    """The first stage's score of each row of ``reranked`` (by qid and docno as strings), as floats; an error
+    naming HeadRank fusion where a row has no first-stage score or a (qid, docno) is ambiguous."""
+    def keys(frame: pd.DataFrame, whose: str) -> pd.MultiIndex:
+        index = pd.MultiIndex.from_arrays([frame["qid"].astype(str), frame["docno"].astype(str)])
+        if index.has_duplicates:
+            qid, docno = index[index.duplicated()][0]
+            raise ValueError(f"HeadRank fusion: the {whose} results have qid {qid!r}, docno {docno!r} more than once; "
+                             f"fusion pairs scores by (qid, docno), so each pair must be unique")
+        return index
+
+    first_keys, wanted = keys(first_stage, "first stage's"), keys(reranked, "reranker's")
+    position = first_keys.get_indexer(wanted)
+    if (position < 0).any():
+        qid, docno = wanted[position < 0][0]
+        raise ValueError(f"HeadRank fusion: {int((position < 0).sum())} reranked document(s) are not in the "
+                         f"first-stage results (e.g. qid {qid!r}, docno {docno!r})")
+    scores = pd.to_numeric(first_stage["score"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
+    return scores[position]
 
 
 def best_weight(lists: Sequence[Tuple[str, Sequence[str], np.ndarray, np.ndarray]], measure,
@@ -83,13 +107,10 @@ def fusion_weight(first_stage: pd.DataFrame, reranked: pd.DataFrame, qrels: pd.D
     from .metrics import ndcg10
 
     judged = qrels[["qid", "docno", "label"]].astype({"qid": str, "docno": str})
-    first = first_stage.astype({"qid": str, "docno": str}).set_index(["qid", "docno"])["score"]
-    lists = []
-    for qid, group in reranked.astype({"qid": str, "docno": str}).groupby("qid", sort=False):
-        keys = list(zip(group["qid"], group["docno"]))
-        if not all(key in first.index for key in keys):
-            raise ValueError("HeadRank fusion: some reranked documents are not in the first-stage results")
-        lists.append((qid, group["docno"].tolist(), first.loc[keys].to_numpy(float), group["score"].to_numpy(float)))
+    reranked = reranked.astype({"qid": str, "docno": str}).reset_index(drop=True)
+    first = paired_first_stage(first_stage, reranked)
+    lists = [(qid, reranked["docno"].iloc[rows].tolist(), first[rows], reranked["score"].iloc[rows].to_numpy(float))
+             for qid, rows in reranked.groupby("qid", sort=False).indices.items()]
     return best_weight(lists, lambda runs: ndcg10(runs, judged), grid)
 
 

@@ -26,7 +26,16 @@ import pandas as pd
 import pyterrier as pt
 
 from .candidates import CandidateList, candidate_lists
-from .frames import add_ranks, check_is_frame, check_qids, clean_query, clean_text, first_stage_order, order_scores
+from .frames import (
+    add_ranks,
+    check_is_frame,
+    check_numeric_score,
+    check_qids,
+    clean_query,
+    clean_text,
+    first_stage_order,
+    order_scores,
+)
 from .ranking_settings import SCORES, ListSettings
 
 #: one query and its passages, in first-stage order: what :meth:`ListwiseReranker.score_lists` takes
@@ -118,10 +127,13 @@ class ListwiseReranker(pt.Transformer):
         ``passages`` should be in first-stage order: it decides the windows and the anchors of long lists, and with
         ``fuse`` it is the first-stage ranking that the scores are fused with.
         """
-        query = clean_query(query, "the query", type(self).__name__)
+        name = type(self).__name__
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+            raise ValueError(f"{name}.rank: top_k={top_k!r} must be None (every passage) or a whole number >= 0")
+        query = clean_query(query, "the query", name)
         texts = [clean_text(p) for p in passages]
         (scores,) = self.final_scores([(query, texts)], [order_scores(len(texts))])  # the order stands in for them
-        check_finite_scores([scores], ["the passages"], type(self).__name__)
+        check_finite_scores([scores], ["the passages"], name)
         order = np.argsort(-scores, kind="stable")[:top_k]
         return [dict(corpus_id=int(i), score=float(scores[i]), **({"text": texts[i]} if return_documents else {}))
                 for i in order]
@@ -170,6 +182,7 @@ def check_input_frame(inp: pd.DataFrame, reranker: ListwiseReranker, name: str) 
     finite numbers (a z-score over an infinite score is NaN for the whole list)."""
     check_is_frame(inp, name)
     check_columns(inp, reranker, name)
+    check_numeric_score(inp, name)
     if getattr(reranker, "fuse", None) is not None and "score" in inp.columns:
         check_finite_column(inp, "score", name, f"fuse={reranker.fuse:g} fuses with the first stage's score",
                             "fix the first stage's scores, or use fuse=None")

@@ -403,3 +403,32 @@ def test_many_connections_opening_a_new_file_at_once(tmp_path):
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+def test_a_wrapped_transformer_that_fuses_is_keyed_on_the_first_stage_scores(tiny_qwen3, tmp_path):
+    """ScoreFusion reads the incoming scores: the same candidates in the same order with other first-stage scores
+    must miss and equal an uncached run; a listwise reranker without fusion hits (its scores depend on the order)."""
+    from pyterrier_headrank.fusion import ScoreFusion
+
+    model, tokenizer = tiny_qwen3
+    fusion = ScoreFusion(CountingHeadRank(model, tokenizer=tokenizer, **SETTINGS), 0.5)
+    cache = HeadRankCache(fusion, tmp_path / "c.sqlite")
+    frame = fit_data.results(["q1"])
+    cache(frame)
+    rescaled = frame.assign(score=frame.score * 10)
+    got = cache(rescaled)
+    assert (cache.hits, cache.misses) == (0, 2)
+    want = fusion(rescaled)
+    np.testing.assert_allclose(got.sort_values("docno").score, want.sort_values("docno").score, rtol=1e-12)
+    plain = HeadRankCache(CountingHeadRank(model, tokenizer=tokenizer, **SETTINGS), tmp_path / "d.sqlite")
+    plain(frame), plain(rescaled)
+    assert (plain.hits, plain.misses) == (1, 1)
+
+
+def test_a_score_column_of_text_is_refused_by_name(counting, tmp_path):
+    text_scores = fit_data.results(["q1"]).assign(score=lambda f: f.score.astype(str))
+    with pytest.raises(ValueError, match="HeadRankCache: the 'score' column has dtype .*not numbers"):
+        HeadRankCache(counting, tmp_path / "c.sqlite")(text_scores)
+    with pytest.raises(ValueError, match="HeadRank: the 'score' column has dtype"):
+        counting(text_scores)
+    assert _calls(counting) == []

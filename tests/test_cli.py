@@ -319,3 +319,16 @@ def test_fit_with_the_offline_paper_preset_trains_on_the_shared_dl21(model_dir, 
     assert main(["fit", "--preset", "paper-offline", "--collection", DL21, "--model", model_dir, "-q",
                  "-o", str(tmp_path / "x")]) == 1
     assert "--preset names its own collections" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["rerank", "--candidates", "c.jsonl", "-o", "x", "--queries", "0"],
+                                  ["rerank", "--candidates", "c.jsonl", "-o", "x", "--queries", "-1"],
+                                  ["fit", "--preset", "paper-offline", "-o", "x", "--queries", "two"]])
+def test_counts_below_one_are_usage_errors_not_silent_cuts(argv, capsys):
+    """--queries 0 used to mean "all" and -1 "all but the last"; it must be a whole number >= 1 (--cutoff is checked
+    the same way after parsing, see test_bad_input_is_one_line_and_nonzero)."""
+    from pyterrier_headrank.integrations.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == 2 and "is not a whole number >= 1" in capsys.readouterr().err

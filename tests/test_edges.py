@@ -300,3 +300,20 @@ def test_an_empty_passage_scores_zero_attention_and_under_fusion_ranks_last(smol
     assert attention["d"] == 0.0  # no tokens, no attention (README "Caveats")
     fused = HeadRank("smollm2-135m")(FOUR).set_index("docno")
     assert fused.loc["d", "score"] != 0.0 and fused.loc["d", "rank"] == 3
+
+
+def test_lone_surrogates_are_replaced_and_a_negative_top_k_is_refused(tiny_qwen3):
+    """A lone UTF-16 surrogate (what a broken JSON escape leaves in a str) cannot be tokenized: it becomes U+FFFD in
+    queries and passages, in ``rank`` and in ``transform`` alike, instead of a TypeError from the tokenizer."""
+    model, tokenizer = tiny_qwen3
+    reranker = HeadRank(model, tokenizer=tokenizer, heads="zero-shot", max_passage_tokens=16)
+    hits = reranker.rank("bees \ud800", ["honey \udfff", "rails"], return_documents=True)
+    assert sorted(h["text"] for h in hits) == ["honey \ufffd", "rails"]
+    assert [h["score"] for h in hits] == pytest.approx(
+        [h["score"] for h in reranker.rank("bees \ufffd", ["honey \ufffd", "rails"])])
+    frame = pd.DataFrame({"qid": "1", "query": "bees \ud800", "docno": ["a", "b"], "text": ["honey \udfff", "rails"]},
+                         dtype=object)  # pandas' Arrow strings cannot hold a lone surrogate; object columns can
+    assert np.isfinite(reranker(frame).score).all()
+    with pytest.raises(ValueError, match=r"HeadRank.rank: top_k=-1 must be None"):
+        reranker.rank("bees", ["a", "b"], top_k=-1)
+    assert reranker.rank("bees", ["a", "b"], top_k=0) == []

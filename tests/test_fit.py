@@ -1,5 +1,6 @@
 """HeadRank as a PyTerrier Estimator: fitting alone and inside a pipeline, binary qrels, settings, fusion."""
 import numpy as np
+import pandas as pd
 import pyterrier as pt
 import pytest
 
@@ -106,7 +107,48 @@ def test_pairwise_weighting_weights_every_head_of_the_allowed_layers_and_saves_t
 
 @pytest.mark.parametrize("setting, message", [({"weighting": "weights"}, "weighting='weights' must be"),
                                               ({"c": 0.0}, "c=0.0 .* must be a positive number"),
-                                              ({"c": float("nan")}, "must be a positive number")])
+                                              ({"c": float("nan")}, "must be a positive number"),
+                                              ({"k": 2.5}, "k=2.5 must be a whole number"),
+                                              ({"select_queries": -1}, "select_queries=-1 must be >= 1"),
+                                              ({"epochs": float("nan")}, "epochs=nan must be a whole number")])
 def test_bad_weighting_settings_are_refused_before_any_pass(tiny_qwen3, setting, message):
     with pytest.raises(ValueError, match=message):
         _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), align=False, verbose=False, **setting)
+
+
+def test_fusion_pairs_rows_by_qid_and_docno_for_one_query_none_or_ambiguous_ones():
+    """One query and an empty frame fuse (no pandas shape errors); the input's qid values and types come back; a
+    (qid, docno) present twice on either side is refused by name rather than multiplied into extra rows."""
+    first = pd.DataFrame({"qid": [7, 7, 7], "docno": ["a", "b", "c"], "score": [3.0, 2.0, 1.0]})
+    reranked = first.assign(score=[0.0, 1.0, 5.0])
+    one = ScoreFusion(pt.apply.generic(lambda df: df.assign(score=[0.0, 1.0, 5.0])), 0.0)(first)
+    assert one.docno.tolist() == ["c", "b", "a"] and one["rank"].tolist() == [0, 1, 2]
+    assert one.qid.tolist() == [7, 7, 7] and one.qid.dtype == first.qid.dtype
+    half = fuse(first, reranked, 0.5)
+    assert len(half) == 3 and np.isfinite(half.score).all()
+    empty = fuse(first.iloc[:0], reranked.iloc[:0], 0.5)
+    assert empty.empty and {"qid", "docno", "score", "rank"} <= set(empty.columns)
+    twice = pd.concat([first, first.iloc[[0]]], ignore_index=True)
+    with pytest.raises(ValueError, match="HeadRank fusion: the first stage's results have qid '7', docno 'a' more"):
+        fuse(twice, reranked, 0.5)
+    with pytest.raises(ValueError, match="HeadRank fusion: the reranker's results have qid '7', docno 'a' more"):
+        fuse(first, twice.assign(score=1.0), 0.5)
+    with pytest.raises(ValueError, match="more than once"):
+        fusion_weight(twice, reranked, pd.DataFrame({"qid": ["7"], "docno": ["a"], "label": [1]}))
+    with pytest.raises(ValueError, match=r"1 reranked document\(s\) are not in the first-stage results"):
+        fuse(first.iloc[:2], reranked, 0.5)
+
+
+def test_qrels_that_judge_no_candidate_and_nan_validation_scores_are_refused(tiny_qwen3):
+    """Qrels whose docnos match no candidate (a spelling mismatch) would 'fit' on all-zero grades, and NaN
+    first-stage scores would score every fusion weight alike: both are refused by name before any pass."""
+    respelled = fit_data.qrels().assign(docno=lambda q: "doc-" + q.docno.astype(str))
+    with pytest.raises(ValueError, match="none of the .* training lists has a candidate that the qrels judge relevant"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), respelled, align=False, verbose=False)
+    with pytest.raises(ValueError, match="none of the .* validation lists"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), fit_data.results(), respelled,
+                                  align=False, verbose=False)
+    nan_scores = fit_data.results().assign(score=np.nan)
+    with pytest.raises(ValueError, match="HeadRank.fit: fuse=True fuses the validation lists .* not a finite number"):
+        _reranker(tiny_qwen3).fit(fit_data.results(), fit_data.qrels(), nan_scores, fit_data.qrels(), align=False,
+                                  fuse=True, verbose=False)

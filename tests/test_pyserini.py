@@ -179,6 +179,8 @@ def test_rerank_requests_batch_equals_one_by_one(reranker):
                        [hp.Candidate(docid=f"D{i}", score=0.0, doc={"text": t}) for i, t in enumerate(TEXTS)])
     together = hp.rerank_requests(reranker, [_request(), other])
     alone = [hp.rerank_request(reranker, _request()), hp.rerank_request(reranker, other)]
+    streamed = hp.rerank_requests(reranker, (r for r in [_request(), other]))  # a generator is read once
+    assert [[c.docid for c in r.candidates] for r in streamed] == [[c.docid for c in r.candidates] for r in together]
     for a, b in zip(together, alone):
         assert [c.docid for c in a.candidates] == [c.docid for c in b.candidates]
         np.testing.assert_allclose([c.score for c in a.candidates], [c.score for c in b.candidates], rtol=1e-4,

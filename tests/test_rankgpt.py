@@ -179,6 +179,9 @@ def test_pyterrier_conventions(tiny_qwen3):
         RankGPT(model)
     with pytest.raises(ValueError, match="RankGPT: need window_size"):
         RankGPT(window_size=10, stride=11)
+    for setting in ({"window_size": float("nan")}, {"window_size": 2.9}, {"stride": "two"}, {"max_new_tokens": 1.5}):
+        with pytest.raises(ValueError, match=f"RankGPT: {next(iter(setting))}=.* must be a whole number"):
+            RankGPT(**setting)
     assert repr(RankGPT()) == "RankGPT('smollm2-135m', window_size=20, stride=10)"
     assert pt.inspect.transformer_inputs(ranker) == [["qid", "query", "docno", "text"]]
 

@@ -26,6 +26,7 @@ httpx = pytest.importorskip("httpx")
 
 from pyterrier_headrank import HeadRank  # noqa: E402
 from pyterrier_headrank.integrations.serve import BackgroundServer, RerankService, ServeSettings  # noqa: E402
+from pyterrier_headrank.integrations.serve.batching import BatchQueue  # noqa: E402
 
 from conftest import ROOT, SHARED, local_ray, need  # noqa: E402
 
@@ -182,6 +183,12 @@ BAD = [
     ("/v1/rerank", b"{not json", 400, "not valid JSON"),
     ("/v1/rerank", b"", 400, "empty"),
     ("/v1/rerank", b"\xff\xfe", 400, "not valid JSON"),
+    ("/v1/rerank", b'{"query": "q", "documents": [{"text": "a", "x": NaN}], "return_documents": true}', 400,
+     "NaN is not a JSON value"),
+    ("/v1/rerank", b'{"query": "q", "documents": ["a"], "top_n": Infinity}', 400, "Infinity is not a JSON value"),
+    ("/rerank", b'{"query": "q\\ud800", "texts": ["a"]}', 400, "lone UTF-16 surrogate"),
+    ("/v1/rerank", b'{"query": "q", "documents": [{"text": "a", "x": "\\udfff"}], "return_documents": true}', 400,
+     "surrogate"),
     ("/v1/rerank", [], 422, "JSON object"),
     ("/v1/rerank", {"documents": ["a"]}, 422, "query: field required"),
     ("/v1/rerank", {"query": "q"}, 422, "documents: field required"),
@@ -343,6 +350,13 @@ def test_service_refuses_bad_settings():
         ServeSettings(max_queue=0)
     with pytest.raises(ValueError, match="batch_wait_ms"):
         ServeSettings(batch_wait_ms=-1)
+    for bad in (float("nan"), float("inf")):  # NaN passes `< minimum`; inf would stop the worker's clock
+        with pytest.raises(ValueError, match="request_timeout_s=.* must be a finite number"):
+            ServeSettings(request_timeout_s=bad)
+        with pytest.raises(ValueError, match="batch_wait_ms=.* must be a finite number"):
+            ServeSettings(batch_wait_ms=bad)
+        with pytest.raises(ValueError, match="BatchQueue: .*batch_wait="):
+            BatchQueue(lambda items: items, batch_wait=bad)
     assert RerankService(GatedReranker()).model_name == "gated"
 
 

@@ -136,9 +136,9 @@ class RankGPT(ListwiseReranker):
                  max_new_tokens=None, device=None, dtype="auto", verbose: bool = False):
         batch_size = whole(batch_size, "batch_size", "RankGPT")
         self._init_model(model, tokenizer, ListSettings.pick(locals()).checked("RankGPT"))
-        self.window_size = int(window_size)
-        self.stride = int(stride)
-        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
+        self.window_size = whole(window_size, "window_size", "RankGPT")
+        self.stride = whole(stride, "stride", "RankGPT")
+        self.max_new_tokens = whole(max_new_tokens, "max_new_tokens", "RankGPT", optional=True)
         check_model_argument("RankGPT", model, tokenizer, device, dtype)  # fail now, not at first use
         if self.window_size < 2 or not 1 <= self.stride <= self.window_size:
             raise ValueError(f"RankGPT: need window_size >= 2 and 1 <= stride <= window_size, got "

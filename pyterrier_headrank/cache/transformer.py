@@ -35,7 +35,7 @@ import pandas as pd
 import pyterrier as pt
 
 from ..candidates import CandidateList, candidate_lists
-from ..frames import add_ranks, check_is_frame, check_qids, first_stage_order
+from ..frames import add_ranks, check_is_frame, check_numeric_score, check_qids, first_stage_order
 from ..listwise import ListwiseReranker
 from .keys import ROW_COLUMN, candidate_list_key, scorer_fingerprint, scoring_target
 from .store import ScoreStore, entry_checksum
@@ -49,9 +49,17 @@ def list_key(scorer: str, candidates: CandidateList, fuses: bool) -> str:
                               candidates.first_stage.tolist() if fuses else None)
 
 
+def reads_first_stage_scores(reranker) -> bool:
+    """Whether ``reranker``'s scores may depend on the incoming ``score`` column, so that it belongs in the key: false
+    only for a listwise reranker that does not fuse (it reads the candidates' order, which the key has anyway)."""
+    target = scoring_target(reranker)
+    return not (isinstance(target, ListwiseReranker) and getattr(target, "fuse", None) is None)
+
+
 def check_frame(inp, text_field: str) -> None:
     """Refuse, naming HeadRankCache, what is not a candidate frame: not a DataFrame, missing columns, rows without
-    a qid (a qid with no or several query texts is refused when its list is read)."""
+    a qid, a ``score`` column that is not numbers (a qid with no or several query texts is refused when its list is
+    read)."""
     check_is_frame(inp, NAME)
     missing = [c for c in ("qid", "query", "docno", text_field) if c not in inp.columns]
     if missing:
@@ -61,6 +69,7 @@ def check_frame(inp, text_field: str) -> None:
     if ROW_COLUMN in inp.columns:
         raise ValueError(f"{NAME}: the input frame has a column named {ROW_COLUMN!r}, which the cache uses")
     check_qids(inp, NAME)
+    check_numeric_score(inp, NAME)
 
 
 class HeadRankCache(pt.Transformer):
@@ -115,7 +124,7 @@ class HeadRankCache(pt.Transformer):
             out["rank"] = pd.Series(dtype="int64")
             return out
         frame = first_stage_order(inp)
-        fuses = getattr(scoring_target(self.reranker), "fuse", None) is not None and "score" in frame.columns
+        fuses = "score" in frame.columns and reads_first_stage_scores(self.reranker)
         lists = candidate_lists(frame, self.text_field, NAME)
         scorer = scorer_fingerprint(self.reranker)
         keys = [list_key(scorer, c, fuses) for c in lists]

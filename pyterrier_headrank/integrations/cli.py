@@ -126,7 +126,7 @@ def candidates_for(args):
             frame = collection.text_loader()(frame.drop(columns=["text"], errors="ignore"))
         except KeyError as err:
             raise CliError(f"{err.args[0] if err.args else err} (is --collection the run's collection?)") from None
-    if args.queries:
+    if args.queries is not None:
         keep = list(dict.fromkeys(frame["qid"]))[: args.queries]
         frame = frame[frame["qid"].isin(keep)]
     return frame.sort_values(["qid", "rank"], kind="stable").reset_index(drop=True)
@@ -297,6 +297,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a count such as --queries), else a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def _add_candidates(parser, run_help: str):
     """The options that say where candidates come from (shared by rerank and fit)."""
     parser.add_argument("--collection", "-c",
@@ -306,7 +317,7 @@ def _add_candidates(parser, run_help: str):
     source.add_argument("--run", "-r", help=run_help)
     source.add_argument("--candidates", help="JSONL of candidates, one per line: qid, docno and usually query, text "
                                              "(and score or rank for the first-stage order)")
-    parser.add_argument("--queries", type=int, default=None,
+    parser.add_argument("--queries", type=positive_int, default=None,
                         help="use only the first N queries of the run (for a quick try)")
 
 
@@ -365,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "'paper-offline' DL21 alone from the shared folder")
     fit.add_argument("--qrels", help="qrels file (TREC or BEIR TSV); default: the collection's qrels")
     _add_model(fit, heads=False)
-    fit.add_argument("--cutoff", "-k", type=int, default=DEFAULT_CUTOFF, help="candidates per query used for fitting")
+    fit.add_argument("--cutoff", "-k", type=int, default=DEFAULT_CUTOFF,
+                     help="candidates per query used for fitting")
     fit.add_argument("--num-heads", type=int, default=None, help="heads to select (default: HeadRank.fit's, 8)")
     fit.add_argument("--lam", type=float, default=None,
                      help="weight of the attention-entropy penalty in head selection (default: HeadRank.fit's)")

@@ -129,6 +129,7 @@ def rerank_requests(reranker, requests: Sequence, k: Optional[int] = None) -> li
     """
     if k is not None and int(k) < 1:
         raise ValueError(f"HeadRank: k must be >= 1 or None, got {k!r}")
+    requests = list(requests)  # read twice below: a generator would be empty the second time
     rows, lists = [], []
     for position, request in enumerate(requests):
         text, _ = _query_of(request, position)

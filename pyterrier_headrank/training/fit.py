@@ -34,7 +34,7 @@ from ..fit_parts import FitParts
 from ..fusion import best_weight
 from ..head_weights import learn_head_weights
 from ..heads import HeadSet
-from ..listwise import ListwiseReranker
+from ..listwise import ListwiseReranker, check_finite_column
 from ..lora import Adapter, AdapterConfig, adapted_layers, attach_lora, lora_state
 from ..metrics import ndcg10
 from ..selection import profile_from_masses, read_training_masses
@@ -76,7 +76,10 @@ def fit(reranker: ListwiseReranker, train, train_qrels, valid=None, valid_qrels=
     train_qrels = check_qrels(train_qrels)
     if valid is not None and valid_qrels is None:
         raise ValueError("HeadRank.fit: validation results need validation qrels")
-    valid_lists = graded_lists(valid, valid_qrels, base.text_field) if valid is not None else []
+    valid_lists = graded_lists(valid, valid_qrels, base.text_field, "validation") if valid is not None else []
+    if settings.fuse and "score" in valid.columns:  # the weight is chosen on them: NaN would score every weight alike
+        check_finite_column(valid, "score", "HeadRank.fit", "fuse=True fuses the validation lists with their "
+                            "first-stage score", "fix the first stage's scores, or fit without fuse=True")
     valid_qrels = check_qrels(valid_qrels, "validation qrels") if valid is not None else None
     train_windows, train_kept = _windows(base, train_lists)
     valid_windows, valid_kept = _windows(base, valid_lists)

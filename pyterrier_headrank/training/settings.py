@@ -6,7 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..ranking_settings import whole
 from .trainer import AlignSettings
+
+#: the count settings, each with its smallest allowed value (``None`` allowed where the minimum is given as a tuple)
+COUNTS = {"k": 1, "max_layer": (0,), "select_queries": (1,), "adapt_layers": 0, "rank": 1, "cv_folds": 0, "epochs": 0,
+          "max_pairs": 1, "hard_negatives": 0, "patience": 0, "seed": None}
 
 
 @dataclass
@@ -37,6 +42,16 @@ class FitSettings(AlignSettings):
     slot_correction: bool = False           # learn the per-slot correction (slots.py) and set it on the reranker
     fuse: bool = False                      # choose the fusion weight on the validation queries (needs them)
     verbose: bool = True                    # progress bars
+
+    def __post_init__(self):
+        """Counts are whole numbers within range (a fraction, NaN or string is refused by name, not truncated)."""
+        for name, minimum in COUNTS.items():
+            optional = isinstance(minimum, tuple)
+            value = whole(getattr(self, name), name, "HeadRank.fit", optional=optional)
+            least = minimum[0] if optional else minimum
+            if value is not None and least is not None and value < least:
+                raise ValueError(f"HeadRank.fit: {name}={value!r} must be >= {least}")
+            setattr(self, name, value)
 
     def replace(self, **overrides) -> "FitSettings":
         names = {f.name for f in dataclasses.fields(self)}

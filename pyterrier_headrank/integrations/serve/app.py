@@ -65,9 +65,20 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if not body:
         raise ApiError(400, "the body is empty; send a JSON object", "Validation")
     try:
-        return json.loads(bytes(body))
+        value = json.loads(bytes(body), parse_constant=refuse_non_json_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, f"the body is not valid JSON ({err})", "Validation") from None
+    try:  # a lone surrogate escape ("\\ud800") parses, but is no text: it could be neither scored nor echoed back
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "the body has a string with a lone UTF-16 surrogate escape (such as \\ud800), which is "
+                            "not text", "Validation") from None
+    return value
+
+
+def refuse_non_json_constant(name: str):
+    """``NaN``, ``Infinity`` and ``-Infinity`` parse in Python's ``json`` but are not JSON; refused (400)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def cohere_results(job: RerankJob, ranked: Ranked) -> List[Dict[str, Any]]:

@@ -47,6 +47,9 @@ class BatchQueue(Generic[Item, Result]):
     def __init__(self, score_batch: Callable[[List[Item]], Sequence[Union[Result, Exception]]], max_queue: int = 64,
                  max_batch: int = 8, batch_wait: float = 0.005, on_start: Optional[Callable[[], None]] = None,
                  on_batch: Callable[[int], None] = lambda n: None):
+        if not (max_queue >= 1 and max_batch >= 1 and 0 <= batch_wait < float("inf")):  # NaN fails every test
+            raise ValueError(f"BatchQueue: max_queue={max_queue!r} and max_batch={max_batch!r} must be >= 1 and "
+                             f"batch_wait={batch_wait!r} a finite number of seconds >= 0")
         self._score_batch, self._on_start, self._on_batch = score_batch, on_start, on_batch
         self.max_queue, self.max_batch, self.batch_wait = int(max_queue), int(max_batch), float(batch_wait)
         self._waiting: collections.deque = collections.deque()

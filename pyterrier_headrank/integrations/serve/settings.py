@@ -7,6 +7,7 @@ so a request with thousands of documents is a mistake, not a workload.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Optional
@@ -59,8 +60,9 @@ class ServeSettings:
                                                             self.max_batch_requests is None):
                 continue
             value, minimum = getattr(self, field.name), 0 if field.name == "batch_wait_ms" else 1
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-                raise ValueError(f"headrank serve: {field.name}={value!r} must be a number >= {minimum}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < minimum:
+                raise ValueError(f"headrank serve: {field.name}={value!r} must be a finite number >= {minimum}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("headrank serve: the API key is empty")
 
