@@ -119,8 +119,6 @@ def _checked_settings(reranker, overrides: dict, has_validation: bool) -> "FitSe
     """The reranker's fit settings with ``overrides``, refused early where they cannot work."""
     base = getattr(reranker, "fit_settings", None) or FitSettings()
     settings = base.replace(**overrides)
-    if settings.k < 1:
-        raise ValueError("HeadRank.fit: k must be >= 1")
     if settings.weighting not in ("select", "pairwise"):
         raise ValueError(f"HeadRank.fit: weighting={settings.weighting!r} must be 'select' (the k heads of "
                          f"entropy-regularised selection) or 'pairwise' (every head, learned weights)")

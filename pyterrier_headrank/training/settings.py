@@ -9,9 +9,11 @@ from typing import Optional, Tuple
 from ..ranking_settings import whole
 from .trainer import AlignSettings
 
-#: the count settings, each with its smallest allowed value (``None`` allowed where the minimum is given as a tuple)
-COUNTS = {"k": 1, "max_layer": (0,), "select_queries": (1,), "adapt_layers": 0, "rank": 1, "cv_folds": 0, "epochs": 0,
+#: the count settings, each with its smallest allowed value (None: any whole number)
+COUNTS = {"k": 1, "max_layer": 0, "select_queries": 1, "adapt_layers": 0, "rank": 1, "cv_folds": 0, "epochs": 0,
           "max_pairs": 1, "hard_negatives": 0, "patience": 0, "seed": None}
+#: the counts that may also be None (their own meaning: every layer up to the default depth, every training list)
+OPTIONAL_COUNTS = frozenset({"max_layer", "select_queries"})
 
 
 @dataclass
@@ -46,11 +48,9 @@ class FitSettings(AlignSettings):
     def __post_init__(self):
         """Counts are whole numbers within range (a fraction, NaN or string is refused by name, not truncated)."""
         for name, minimum in COUNTS.items():
-            optional = isinstance(minimum, tuple)
-            value = whole(getattr(self, name), name, "HeadRank.fit", optional=optional)
-            least = minimum[0] if optional else minimum
-            if value is not None and least is not None and value < least:
-                raise ValueError(f"HeadRank.fit: {name}={value!r} must be >= {least}")
+            value = whole(getattr(self, name), name, "HeadRank.fit", optional=name in OPTIONAL_COUNTS)
+            if value is not None and minimum is not None and value < minimum:
+                raise ValueError(f"HeadRank.fit: {name}={value!r} must be >= {minimum}")
             setattr(self, name, value)
 
     def replace(self, **overrides) -> "FitSettings":
