@@ -48,6 +48,14 @@ def measure(model: str, frame, threads: int) -> dict:
             "load_average": round(os.getloadavg()[0], 2)}
 
 
+def merged_rows(measured: list) -> list:
+    """``measured`` with the previous report's rows of the models it does not cover (in their order, first)."""
+    path = RESULTS / "default_cost.json"
+    new = {row["model"] for row in measured}
+    kept = [row for row in json.loads(path.read_text()) if row["model"] not in new] if path.exists() else []
+    return kept + measured
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "qwen2.5-coder-0.5b"])
@@ -63,17 +71,18 @@ def main(argv=None):
     results = collection.get_results()
     qids = sorted(set(results.qid), key=lambda q: int(q) if q.isdigit() else q)[:args.queries + 1]
     frame = collection.text_loader()(results[results.qid.isin(qids) & (results["rank"] < 20)])
-    rows = [measure(model, frame, args.threads) for model in args.models]
+    today = datetime.date.today().isoformat()
+    rows = merged_rows([dict(measure(model, frame, args.threads), measured=today) for model in args.models])
     (RESULTS / "default_cost.json").write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# Cost per query of the shipped defaults", "",
-             f"Written {datetime.date.today().isoformat()} by `benchmarks/default_cost.py --queries {args.queries}`: "
-             f"SciFact test, Pyserini BM25 top 20, one query per call, CPU, {args.threads} torch threads; the load "
-             "average (1 min) after each model's run says how busy the machine was.", "",
-             "| model | fit | heads | pass stops after layer | first query incl. load (s) | median s/query | "
-             "mean s/query | queries | load average |", "|---|---|---|---|---|---|---|---|---|"]
+             "Written by `benchmarks/default_cost.py --queries N --models ...`: SciFact test, Pyserini BM25 top 20, one "
+             "query per call, CPU; the load average (1 min) after each model's run says how busy the machine was. A run "
+             "measures the models it names and keeps the other rows of the previous report, so each row has its date.",
+             "", "| model | fit | heads | pass stops after layer | first query incl. load (s) | median s/query | "
+             "mean s/query | queries | threads | load average | measured |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['fit']} | {r['heads']} | {r['deepest_layer'] + 1} of {r['layers']} | "
               f"{r['first_query_with_load_s']} | {r['median_s']} | {r['mean_s']} | {r['queries_timed']} | "
-              f"{r['load_average']} |" for r in rows]
+              f"{r['threads']} | {r['load_average']} | {r['measured']} |" for r in rows]
     (RESULTS / "default_cost.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
