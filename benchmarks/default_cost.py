@@ -25,6 +25,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _common import RESULTS, quiet_offline_environment  # noqa: E402
 
+#: the machine-readable report; a run rewrites it, keeping the rows of the models it does not measure
+REPORT = RESULTS / "default_cost.json"
+
 
 def measure(model: str, frame, threads: int) -> dict:
     """Load time and per-query seconds of ``HeadRank(model)`` on ``frame`` (one warm-up query, then each query)."""
@@ -50,9 +53,8 @@ def measure(model: str, frame, threads: int) -> dict:
 
 def merged_rows(measured: list) -> list:
     """``measured`` with the previous report's rows of the models it does not cover (in their order, first)."""
-    path = RESULTS / "default_cost.json"
     new = {row["model"] for row in measured}
-    kept = [row for row in json.loads(path.read_text()) if row["model"] not in new] if path.exists() else []
+    kept = [row for row in json.loads(REPORT.read_text()) if row["model"] not in new] if REPORT.exists() else []
     return kept + measured
 
 
@@ -73,7 +75,7 @@ def main(argv=None):
     frame = collection.text_loader()(results[results.qid.isin(qids) & (results["rank"] < 20)])
     today = datetime.date.today().isoformat()
     rows = merged_rows([dict(measure(model, frame, args.threads), measured=today) for model in args.models])
-    (RESULTS / "default_cost.json").write_text(json.dumps(rows, indent=1) + "\n")
+    REPORT.write_text(json.dumps(rows, indent=1) + "\n")
     lines = ["# Cost per query of the shipped defaults", "",
              "Written by `benchmarks/default_cost.py --queries N --models ...`: SciFact test, Pyserini BM25 top 20, one "
              "query per call, CPU; the load average (1 min) after each model's run says how busy the machine was. A run "
