@@ -14,10 +14,12 @@ collections as one sample.
 
 ``--systems`` picks and orders the reranker rows; ``--fuse W`` adds "HeadRank (zero-shot, fused W)", the
 zero-shot run's attention scores fused with the first stage's (``HeadRank(fuse=W)``'s formula, from the same scores:
-no second pass; its time is the zero-shot row's plus the fusion). ``--runs DIR`` keeps every system's run
-(``DIR/<collection>/<system>.res.gz``, TREC format via ``pt.io``), its time, and RankGPT's raw outputs
-(``rankgpt_outputs.jsonl.gz``: query, window size, output, parse); a later call with the same ``DIR`` reuses the
-stored runs and times instead of recomputing them.
+no second pass; its time is the zero-shot row's plus the fusion). ``--stored COLLECTION=NAME=PATH`` adds a row
+from a run made elsewhere (for example the cross-fitted shipped default that ``effectiveness.py`` keeps): it must
+rerank exactly this table's candidate lists, and its time is shown as "–" (cite the cost benchmark for it).
+``--runs DIR`` keeps every system's run (``DIR/<collection>/<system>.res.gz``, TREC format via ``pt.io``), its time,
+and RankGPT's raw outputs (``rankgpt_outputs.jsonl.gz``: query, window size, output, parse); a later call with the
+same ``DIR`` reuses the stored runs and times instead of recomputing them.
 
 Speed (``--speed``): time per query and peak memory of each reranker at 20 and 100 candidates (DL21 BM25 lists),
 each (system, size) in a fresh process that loads the model, reranks one short warm-up list, resets the kernel's
@@ -46,6 +48,7 @@ import os
 import pathlib
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -214,6 +217,36 @@ def _timed_run(system, frame):
     return out, time.perf_counter() - start
 
 
+def parse_stored(specs) -> dict:
+    """``COLLECTION=NAME=PATH`` arguments -> {collection: [(row name, path)]}, every file checked to exist."""
+    stored = {}
+    for spec in specs:
+        parts = spec.split("=", 1)
+        name_path = parts[1].rsplit("=", 1) if len(parts) == 2 else []
+        if len(name_path) != 2 or not all(part.strip() for part in (parts[0], *name_path)):
+            raise SystemExit(f"compare.py: --stored {spec!r} is not COLLECTION=NAME=PATH")
+        if not pathlib.Path(name_path[1]).is_file():
+            raise SystemExit(f"compare.py: --stored run {name_path[1]!r} does not exist")
+        stored.setdefault(parts[0], []).append((name_path[0], name_path[1]))
+    return stored
+
+
+def stored_run(path: str, base, row: str):
+    """A run read from ``path``, accepted only if it reranks exactly ``base``'s lists (same queries, same docnos):
+    otherwise its row would compare different candidates, so the call stops and says where they differ."""
+    import pyterrier as pt
+
+    run = pt.io.read_results(path)
+    expected = base.groupby(base.qid.astype(str)).docno.agg(frozenset)
+    found = run.groupby(run.qid.astype(str)).docno.agg(frozenset)
+    differ = sorted(q for q in expected.index.union(found.index)
+                    if q not in expected.index or q not in found.index or expected[q] != found[q])
+    if differ:
+        raise SystemExit(f"compare.py: --stored run {path} for {row!r} does not rerank this table's first stage: "
+                         f"{len(differ)} of {len(expected)} queries differ (first: qid {differ[0]})")
+    return run
+
+
 def run_collection(name, args, rerankers):
     import gzip
 
@@ -266,6 +299,10 @@ def run_collection(name, args, rerankers):
                 with gzip.open(store / f"{_slug(system_name)}_outputs.jsonl.gz", "wt") as handle:
                     for record in raw:
                         handle.write(json.dumps({"qid": by_query.get(record["query"]), **record}) + "\n")
+    for system_name, path in args.stored.get(name, []):
+        row = f"BM25 >> {system_name}"
+        kept[row], seconds[row] = stored_run(path, base, row), math.nan
+        print(f"    {row}: read {path}", flush=True)
     if "HeadRank (zero-shot)" in rerankers:
         attention = kept["BM25 >> HeadRank (zero-shot)"]
         for weight in args.fuse:
@@ -406,14 +443,21 @@ def _fmt(value, digits=3):
     return str(value)
 
 
+def _fmt_p(value):
+    """A p-value to three places, or in scientific notation below 0.001 (where three places would print 0.000)."""
+    if value is not None and not (isinstance(value, float) and math.isnan(value)) and 0 < value < 0.001:
+        return f"{value:.0e}"
+    return _fmt(value, 3)
+
+
 def effectiveness_markdown(table) -> str:
     has_sel = "selectivity_gap_pp" in table.columns
     head = ["system", "nDCG@10", "p (Holm)", "RR@10", "p (Holm)"] + (["selectivity gap (pp)"] if has_sel else []) + \
         ["s/query", "RankGPT format ok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in table.iterrows():
-        cells = [row["name"], _fmt(row["nDCG@10"]), _fmt(row.get("nDCG@10 p-value corrected"), 3),
-                 _fmt(row["RR@10"]), _fmt(row.get("RR@10 p-value corrected"), 3)]
+        cells = [row["name"], _fmt(row["nDCG@10"]), _fmt_p(row.get("nDCG@10 p-value corrected")),
+                 _fmt(row["RR@10"]), _fmt_p(row.get("RR@10 p-value corrected"))]
         for index, metric in ((1, "nDCG@10"), (3, "RR@10")):
             p_value = row.get(f"{metric} p-value corrected", math.nan)
             if p_value is not None and not math.isnan(p_value) and p_value < 0.05:
@@ -445,22 +489,26 @@ def plot(tables, out_path):
     import numpy as np
 
     collections = [t["collection"].iloc[0] for t in tables]
-    systems = list(tables[0]["name"])
+    systems = list(dict.fromkeys(name for t in tables for name in t["name"]))
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 1.3]})
     width = 0.8 / len(systems)
     x = np.arange(len(collections))
     for i, system in enumerate(systems):
-        values = [float(t.loc[t.name == system, "nDCG@10"].iloc[0]) for t in tables]
+        values = [float(t.loc[t.name == system, "nDCG@10"].iloc[0]) if (t.name == system).any() else np.nan
+                  for t in tables]
         left.bar(x + i * width - 0.4 + width / 2, values, width, label=system)
     left.set_xticks(x, collections)
     left.set_ylabel("nDCG@10")
     left.legend(fontsize=8, ncol=2)
     left.set_title("Effectiveness (queries per set in compare.md)")
-    timed = [t for t in tables if "mrt" in t.columns and t["mrt"].notna().all()]
-    if timed:
-        seconds = [np.mean([float(t.loc[t.name == s, "mrt"].iloc[0]) / 1000 for t in timed]) for s in systems]
-        right.barh(range(len(systems)), seconds, color=[f"C{i}" for i in range(len(systems))])
-        right.set_yticks(range(len(systems)), systems, fontsize=8)
+    timed = [t for t in tables if "mrt" in t.columns]
+    seconds = {s: [float(t.loc[t.name == s, "mrt"].iloc[0]) / 1000 for t in timed if (t.name == s).any()]
+               for s in systems}
+    seconds = {s: np.mean(v) for s, v in seconds.items() if v and not np.isnan(v).any()}  # stored rows: no time
+    if seconds:
+        colours = [f"C{systems.index(s)}" for s in seconds]
+        right.barh(range(len(seconds)), list(seconds.values()), color=colours)
+        right.set_yticks(range(len(seconds)), list(seconds), fontsize=8)
         right.set_xscale("log")
         right.set_xlabel("seconds per query (mean over sets)")
         right.invert_yaxis()
@@ -478,7 +526,7 @@ def write_report(args, tables, pooled, speed_rows, started):
           f"Generated by `benchmarks/compare.py` on {started:%Y-%m-%d %H:%M} UTC "
           f"({platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
           f"load average at the end {os.getloadavg()[0]:.1f}).", "",
-          f"Command: `{' '.join(['python', 'benchmarks/compare.py'] + sys.argv[1:])}`", "",
+          f"Command: `{shlex.join(['python', 'benchmarks/compare.py'] + sys.argv[1:])}`", "",
           f"Settings: model `{args.model}`, top-{args.candidates} candidates, passages cut to {args.passage_tokens} "
           f"tokens for every reranker, batch size {args.batch_size}, {args.queries or 'all'} judged queries per "
           f"collection (seeded sample, seed {args.seed}). p-values: paired t-test against BM25, Holm-corrected "
@@ -531,6 +579,8 @@ def main(argv=None):
     parser.add_argument("--rankgpt-max-new-tokens", type=int, default=None,
                         help="RankGPT's generation budget per window (default: its own, 5 per passage + 8)")
     parser.add_argument("--runs", default=None, help="folder that keeps (and reuses) each system's run")
+    parser.add_argument("--stored", nargs="*", default=[], metavar="COLLECTION=NAME=PATH",
+                        help="rows from runs made elsewhere, checked to rerank the same candidate lists")
     parser.add_argument("--fitted", default=None, help="folder of a fitted HeadRank (HeadRank.from_pretrained)")
     parser.add_argument("--passage-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -546,6 +596,9 @@ def main(argv=None):
     parser.add_argument("--speed-worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--speed-k", type=int, default=20, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.stored = parse_stored(args.stored)
+    if set(args.stored) - set(args.collections):
+        parser.error(f"--stored names collections not in --collections: {sorted(set(args.stored) - set(args.collections))}")
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
@@ -560,8 +613,8 @@ def main(argv=None):
             table, pool = run_collection(name, args, rerankers)
             tables.append(table)
             pools.append(pool)
-        if len(pools) > 1:
-            pooled = pooled_table(pools, list(tables[0]["name"]))
+        if len(pools) > 1:  # rows that every collection has (a --stored row may belong to one of them)
+            pooled = pooled_table(pools, [n for n in tables[0]["name"] if all((t.name == n).any() for t in tables)])
     speed_rows = run_speed(args) if (args.speed or args.speed_only) else []
     write_report(args, tables, pooled, speed_rows, started)
 

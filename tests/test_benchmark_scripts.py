@@ -307,3 +307,33 @@ def test_fusion_weight_is_chosen_against_each_collections_own_qrels():
     assert sorted(zip(pooled.qid, pooled.docno)) == [("a:q1", "d0"), ("b:q1", "d3")]
     weight, table = fusion_for(data, qrels, oof)
     assert weight == 0.0 and table.ndcg10.iloc[0] == 1.0 and table.ndcg10.iloc[-1] < 0.5
+
+
+def test_compare_accepts_a_stored_run_only_over_the_same_candidate_lists(tmp_path):
+    """``compare.py --stored`` adds a row from a run made elsewhere; a run over other candidates (one docno swapped)
+    or other queries would compare different lists, so it stops and names the first query that differs."""
+    import pandas as pd
+    import pyterrier as pt
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import parse_stored, stored_run
+
+    base = pd.DataFrame({"qid": ["1", "1", "2", "2"], "docno": ["a", "b", "c", "d"], "score": [4.0, 3.0, 2.0, 1.0],
+                         "rank": [0, 1, 0, 1]})
+    same = base.assign(score=[1.0, 2.0, 3.0, 4.0], rank=[1, 0, 1, 0])
+    pt.io.write_results(same, str(tmp_path / "same.res.gz"))
+    pt.io.write_results(same.assign(docno=["a", "b", "c", "x"]), str(tmp_path / "swapped.res.gz"))
+    pt.io.write_results(same[same.qid == "1"], str(tmp_path / "short.res.gz"))
+    read = stored_run(str(tmp_path / "same.res.gz"), base, "BM25 >> S")
+    assert sorted(zip(read.qid, read.docno, read.score)) == [("1", "a", 1.0), ("1", "b", 2.0), ("2", "c", 3.0),
+                                                            ("2", "d", 4.0)]
+    with pytest.raises(SystemExit, match="1 of 2 queries differ \\(first: qid 2\\)"):
+        stored_run(str(tmp_path / "swapped.res.gz"), base, "BM25 >> S")
+    with pytest.raises(SystemExit, match="1 of 2 queries differ \\(first: qid 2\\)"):
+        stored_run(str(tmp_path / "short.res.gz"), base, "BM25 >> S")
+    spec = f"dl21=HeadRank (x=y)={tmp_path / 'same.res.gz'}"
+    assert parse_stored([spec]) == {"dl21": [("HeadRank (x=y)", str(tmp_path / "same.res.gz"))]}
+    with pytest.raises(SystemExit, match="is not COLLECTION=NAME=PATH"):
+        parse_stored(["dl21=only-a-name"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        parse_stored([f"dl21=S={tmp_path / 'missing.res.gz'}"])
