@@ -445,7 +445,7 @@ def _fmt(value, digits=3):
 
 def _fmt_p(value):
     """A p-value to three places, or in scientific notation below 0.001 (where three places would print 0.000)."""
-    if value is not None and not (isinstance(value, float) and math.isnan(value)) and 0 < value < 0.001:
+    if isinstance(value, float) and 0 < value < 0.001:  # False for NaN, which _fmt prints as "–"
         return f"{value:.0e}"
     return _fmt(value, 3)
 
@@ -597,8 +597,9 @@ def main(argv=None):
     parser.add_argument("--speed-k", type=int, default=20, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.stored = parse_stored(args.stored)
-    if set(args.stored) - set(args.collections):
-        parser.error(f"--stored names collections not in --collections: {sorted(set(args.stored) - set(args.collections))}")
+    unknown = sorted(set(args.stored) - set(args.collections))
+    if unknown:
+        parser.error(f"--stored names collections not in --collections: {unknown}")
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
